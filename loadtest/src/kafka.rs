@@ -1,0 +1,347 @@
+//! End-to-end verification: read the collector's topic and match beacon ids.
+//!
+//! The reader assigns every partition directly, from the end offsets at the
+//! start of the run (no consumer group: a group join takes ~25 s on the test
+//! broker), in a thread of its own. It keeps, per beacon of this run, how
+//! many copies arrived, the Kafka timestamp of the first, and whether each copy
+//! matches what was sent (capsule, client IP, user agent), recomputed from the
+//! beacon number (see `corpus`). When the load is over, [`KafkaWatch::finish`]
+//! hands it the acknowledged beacons and it reads on until all are in or the
+//! drain timeout passes.
+
+use crate::corpus::{Corpus, USER_AGENTS};
+use crate::encode::canonical_json;
+use crate::lines::{self, Format};
+use crate::rng::Fnv;
+use crate::verify::{Expected, Observed};
+use anyhow::{bail, Context};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message as _;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct KafkaOptions {
+    pub brokers: String,
+    pub topic: String,
+    /// Bound on connecting and reading metadata at the start.
+    pub connect_timeout: Duration,
+    /// Read the topic from the beginning instead of its end offsets.
+    pub from_beginning: bool,
+}
+
+/// What the reader saw besides the per-beacon observations.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ReaderCounts {
+    pub messages: u64,
+    pub varnishkafka: u64,
+    pub json: u64,
+    /// Messages of other runs or other producers.
+    pub foreign: u64,
+    /// Messages of this run with a tag (warm-up, probe, slow client).
+    pub untracked: u64,
+    /// Messages of this run we could not parse.
+    pub unparsable: u64,
+    pub consumer_errors: u64,
+    pub last_error: Option<String>,
+    /// Seconds spent reading after the load ended.
+    pub drain_s: f64,
+    /// All acknowledged beacons were found before the drain timeout.
+    pub complete: bool,
+}
+
+pub struct ReaderOutcome {
+    pub observed: HashMap<u64, Observed>,
+    pub counts: ReaderCounts,
+    pub sample_error: Option<String>,
+}
+
+struct Finish {
+    expected: HashSet<u64>,
+    timeout: Duration,
+    linger: Duration,
+}
+
+pub struct KafkaWatch {
+    ctl: mpsc::Sender<Finish>,
+    thread: JoinHandle<ReaderOutcome>,
+    pub partitions: usize,
+}
+
+impl KafkaWatch {
+    /// Connects, reads the topic's metadata and end offsets, assigns all
+    /// partitions and starts reading. Fails (bounded by `connect_timeout`) if
+    /// the brokers do not answer or the topic does not exist.
+    pub fn start(opts: &KafkaOptions, corpus: Arc<Corpus>, run_id: &str) -> anyhow::Result<KafkaWatch> {
+        for hostport in opts.brokers.split(',') {
+            crate::http::resolve_loopback(hostport.trim(), "Kafka broker")?;
+        }
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &opts.brokers)
+            .set("group.id", format!("loadtest-{run_id}"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "50")
+            .set("reconnect.backoff.max.ms", "1000")
+            .set("socket.connection.setup.timeout.ms", &opts.connect_timeout.as_millis().max(1000).to_string())
+            .set("log_level", "3")
+            .create()
+            .context("creating the Kafka consumer")?;
+        let md = consumer.fetch_metadata(Some(&opts.topic), opts.connect_timeout).with_context(|| {
+            format!("cannot read metadata from Kafka brokers {} within {:?}", opts.brokers, opts.connect_timeout)
+        })?;
+        let topic = md.topics().iter().find(|t| t.name() == opts.topic).context("topic missing from metadata")?;
+        if let Some(err) = topic.error() {
+            bail!("Kafka topic {:?}: {:?} (create it first, e.g. scripts/dev-broker create-topic)", opts.topic, err);
+        }
+        if topic.partitions().is_empty() {
+            bail!("Kafka topic {:?} has no partitions (does it exist?)", opts.topic);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in topic.partitions() {
+            let offset = if opts.from_beginning {
+                Offset::Beginning
+            } else {
+                let (_, high) = consumer
+                    .fetch_watermarks(&opts.topic, p.id(), opts.connect_timeout)
+                    .with_context(|| format!("reading the end offset of {}[{}]", opts.topic, p.id()))?;
+                Offset::Offset(high)
+            };
+            tpl.add_partition_offset(&opts.topic, p.id(), offset).context("building the assignment")?;
+        }
+        let partitions = tpl.count();
+        consumer.assign(&tpl).context("assigning partitions")?;
+        let (ctl, rx) = mpsc::channel();
+        let reader = Reader { corpus, run_prefix: format!("{run_id}-") };
+        let thread = std::thread::Builder::new()
+            .name("kafka-reader".into())
+            .spawn(move || reader.run(consumer, rx))
+            .context("spawning the Kafka reader")?;
+        Ok(KafkaWatch { ctl, thread, partitions })
+    }
+
+    /// Waits until every acknowledged beacon is in, or `timeout`; then reads
+    /// `linger` longer to catch late duplicates. Blocking.
+    pub fn finish(self, expected: &[Expected], timeout: Duration, linger: Duration) -> ReaderOutcome {
+        let expected = expected.iter().map(|e| e.n).collect();
+        let _ = self.ctl.send(Finish { expected, timeout, linger });
+        self.thread.join().expect("kafka reader panicked")
+    }
+}
+
+struct Reader {
+    corpus: Arc<Corpus>,
+    run_prefix: String,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+impl Reader {
+    fn run(self, consumer: BaseConsumer, ctl: mpsc::Receiver<Finish>) -> ReaderOutcome {
+        let mut out = ReaderOutcome { observed: HashMap::new(), counts: ReaderCounts::default(), sample_error: None };
+        let mut finish: Option<(Finish, Instant)> = None;
+        let mut pending: HashSet<u64> = HashSet::new();
+        let mut complete_at: Option<Instant> = None;
+        let mut last_progress = Instant::now();
+        loop {
+            if finish.is_none() {
+                match ctl.try_recv() {
+                    Ok(f) => {
+                        pending = f.expected.iter().copied().filter(|n| !out.observed.contains_key(n)).collect();
+                        finish = Some((f, Instant::now()));
+                    }
+                    Err(mpsc::TryRecvError::Empty) => {}
+                    Err(mpsc::TryRecvError::Disconnected) => return out,
+                }
+            }
+            if let Some((f, since)) = &finish {
+                let now = Instant::now();
+                if pending.is_empty() && complete_at.is_none() {
+                    complete_at = Some(now);
+                    out.counts.complete = true;
+                }
+                let done = match complete_at {
+                    Some(at) => now >= at + f.linger,
+                    None => now >= *since + f.timeout,
+                };
+                if done {
+                    out.counts.drain_s = since.elapsed().as_secs_f64();
+                    return out;
+                }
+                if complete_at.is_none() && last_progress.elapsed() >= Duration::from_secs(2) {
+                    last_progress = now;
+                    eprintln!(
+                        "loadtest: kafka: waiting for {} of {} acknowledged beacons ({:.0} s left)",
+                        pending.len(),
+                        f.expected.len(),
+                        (f.timeout.saturating_sub(since.elapsed())).as_secs_f64()
+                    );
+                }
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Err(e)) => {
+                    out.counts.consumer_errors += 1;
+                    out.counts.last_error = Some(e.to_string());
+                }
+                Some(Ok(m)) => {
+                    out.counts.messages += 1;
+                    let ts = m.timestamp().to_millis().unwrap_or_else(now_ms);
+                    if let Some(n) = self.observe(m.payload().unwrap_or_default(), ts, &mut out) {
+                        pending.remove(&n);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records one message; returns the beacon number if it is a measured
+    /// beacon of this run.
+    fn observe(&self, payload: &[u8], ts_ms: i64, out: &mut ReaderOutcome) -> Option<u64> {
+        if !find(payload, self.run_prefix.as_bytes()) {
+            out.counts.foreign += 1;
+            return None;
+        }
+        let msg = match lines::parse(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                out.counts.unparsable += 1;
+                out.sample_error.get_or_insert_with(|| format!("{e:#}"));
+                return None;
+            }
+        };
+        match msg.format {
+            Format::Varnishkafka => out.counts.varnishkafka += 1,
+            Format::Json => out.counts.json += 1,
+        }
+        let Some(id) = msg.loadtest_id() else {
+            out.counts.foreign += 1;
+            return None;
+        };
+        let Some(rest) = id.strip_prefix(&self.run_prefix) else {
+            out.counts.foreign += 1;
+            return None;
+        };
+        let Ok(n) = rest.parse::<u64>() else {
+            out.counts.untracked += 1;
+            return None;
+        };
+        let choice = self.corpus.choose(n);
+        let corrupted = match choice.kind {
+            Ok(t) => {
+                let got = Fnv::default().write(canonical_json(&Value::Object(msg.capsule.clone())).as_bytes()).finish();
+                got != self.corpus.templates[t].capsule_hash(id)
+            }
+            Err(_) => true,
+        };
+        let ip_mismatch = match msg.client_ip.as_deref().map(str::parse::<IpAddr>) {
+            Some(Ok(ip)) => canonical_ip(ip) != choice.client_ip,
+            Some(Err(_)) => true,
+            None => false,
+        };
+        let ua_mismatch = msg.user_agent.as_deref().is_some_and(|ua| ua != USER_AGENTS[choice.user_agent]);
+        let o = out.observed.entry(n).or_insert(Observed { count: 0, ..Observed::first(ts_ms) });
+        o.count += 1;
+        o.first_ts_ms = o.first_ts_ms.min(ts_ms);
+        o.corrupted |= corrupted;
+        o.ip_mismatch |= ip_mismatch;
+        o.ua_mismatch |= ua_mismatch;
+        Some(n)
+    }
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::corpus::{beacon_id, CorpusConfig};
+    use crate::encode::{decode_query, encode_uri_component};
+
+    fn reader() -> Reader {
+        Reader { corpus: Arc::new(Corpus::new(CorpusConfig::default())), run_prefix: "r1-".into() }
+    }
+
+    fn outcome() -> ReaderOutcome {
+        ReaderOutcome { observed: HashMap::new(), counts: ReaderCounts::default(), sample_error: None }
+    }
+
+    /// The varnishkafka line a faithful collector writes for beacon `n`.
+    fn vk_line(r: &Reader, n: u64) -> String {
+        let c = r.corpus.choose(n);
+        let mut q = Vec::new();
+        r.corpus.write_query(&c, &beacon_id("r1", "", n), &mut q);
+        let q = String::from_utf8(q).unwrap();
+        format!("?{q}\tloadtest-host\t{n}\t2024-05-01T00:00:00\t{}\t\"{}\"", c.client_ip, USER_AGENTS[c.user_agent])
+    }
+
+    #[test]
+    fn observes_faithful_copies_and_flags_changes() {
+        let r = reader();
+        let mut out = outcome();
+        assert_eq!(r.observe(vk_line(&r, 5).as_bytes(), 1000, &mut out), Some(5));
+        assert_eq!(r.observe(vk_line(&r, 5).as_bytes(), 999, &mut out), Some(5));
+        let o = out.observed[&5];
+        assert_eq!((o.count, o.first_ts_ms, o.corrupted, o.ip_mismatch, o.ua_mismatch), (2, 999, false, false, false));
+
+        // A JSON message for beacon 6, with a changed event field.
+        let c = r.corpus.choose(6);
+        let mut q = Vec::new();
+        r.corpus.write_query(&c, "r1-6", &mut q);
+        let mut v = decode_query(std::str::from_utf8(&q).unwrap()).unwrap();
+        v["ip"] = Value::String(c.client_ip.to_string());
+        v["userAgent"] = Value::String("someone else".into());
+        v["seqId"] = 1.into();
+        assert_eq!(r.observe(serde_json::to_vec(&v).unwrap().as_slice(), 1, &mut out), Some(6));
+        assert!(out.observed[&6].ua_mismatch && !out.observed[&6].corrupted && !out.observed[&6].ip_mismatch);
+        v["event"]["extra_field"] = 1.into();
+        r.observe(serde_json::to_vec(&v).unwrap().as_slice(), 1, &mut out);
+        assert!(out.observed[&6].corrupted);
+        assert_eq!(out.counts.json, 2);
+        assert_eq!(out.counts.varnishkafka, 2);
+
+        // Other runs, tagged ids and garbage.
+        let other = format!("?{};\th\t1\t2024-05-01T00:00:00\t1.2.3.4\t\"u\"", encode_uri_component(r#"{"event":{"loadtest_id":"r2-1"}}"#));
+        assert_eq!(r.observe(other.as_bytes(), 1, &mut out), None);
+        let warm = format!("?{};\th\t1\t2024-05-01T00:00:00\t1.2.3.4\t\"u\"", encode_uri_component(r#"{"event":{"loadtest_id":"r1-w1"}}"#));
+        assert_eq!(r.observe(warm.as_bytes(), 1, &mut out), None);
+        assert_eq!(r.observe(b"?r1-%ZZ", 1, &mut out), None);
+        assert_eq!((out.counts.foreign, out.counts.untracked, out.counts.unparsable), (1, 1, 1));
+    }
+
+    #[test]
+    fn unreachable_broker_is_a_bounded_error() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let opts = KafkaOptions {
+            brokers: dead.to_string(),
+            topic: "t".into(),
+            connect_timeout: Duration::from_secs(2),
+            from_beginning: false,
+        };
+        let started = Instant::now();
+        let err = KafkaWatch::start(&opts, Arc::new(Corpus::new(CorpusConfig::default())), "r").err().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(format!("{err:#}").contains("cannot read metadata"), "{err:#}");
+        let opts = KafkaOptions { brokers: "192.0.2.1:9092".into(), ..opts };
+        assert!(KafkaWatch::start(&opts, Arc::new(Corpus::new(CorpusConfig::default())), "r").is_err());
+    }
+}

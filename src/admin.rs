@@ -1,0 +1,81 @@
+//! Admin endpoint: what operators and load balancers ask the service.
+//!
+//! Owns `/metrics` (Prometheus text), `/healthz` (the process is alive) and
+//! `/readyz` (200 only while beacons can be accepted without loss: the broker
+//! is reachable and the service is not shutting down).
+//!
+//! Must never: be served on the beacon listener, or do blocking work per
+//! request (readiness is read from flags the probe thread keeps current).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::metrics::Metrics;
+use crate::sink::KafkaSink;
+
+/// The facts `/readyz` answers from.
+#[derive(Debug)]
+pub struct Readiness {
+    sink: Arc<KafkaSink>,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    pub fn new(sink: Arc<KafkaSink>) -> Self {
+        Self {
+            sink,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// From now on `/readyz` answers 503: the service is shutting down.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && self.sink.broker_reachable()
+    }
+}
+
+/// Answers one request on the admin listener.
+pub fn handle<B>(
+    req: &Request<B>,
+    metrics: &Metrics,
+    readiness: &Readiness,
+) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if readiness.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" if readiness.draining.load(Ordering::Relaxed) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        }
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "broker unreachable\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

@@ -1,0 +1,521 @@
+//! Configuration: the TOML file, its defaults, and its validation.
+//!
+//! Owns the public interface of the service: every key, its default, and the
+//! checks that turn a wrong key or value into an error naming that key. The
+//! documented copy of every key is `config/beacond.toml`; keep them in step.
+//!
+//! Must never: be read on the request path (other modules take what they need
+//! at start-up), or accept a key it does not know.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use http::HeaderName;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::format::OutputFormat;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        path: String,
+        key: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub admin: AdminConfig,
+    pub client_ip: ClientIpConfig,
+    pub output: OutputConfig,
+    pub kafka: KafkaConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub routes: Vec<String>,
+    pub max_query_bytes: usize,
+    pub max_user_agent_bytes: usize,
+    pub max_body_bytes: usize,
+    pub header_read_timeout_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            routes: vec!["/beacon/event".into(), "/event.gif".into()],
+            max_query_bytes: 8192,
+            max_user_agent_bytes: 2048,
+            max_body_bytes: 65536,
+            header_read_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientIpConfig {
+    pub trusted_proxies: Vec<IpNet>,
+    pub header: String,
+}
+
+impl Default for ClientIpConfig {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            header: "x-forwarded-for".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    pub format: OutputFormat,
+    /// `None` until resolved: the machine's FQDN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Partitioning {
+    /// No key: librdkafka spreads messages over partitions, like varnishkafka.
+    #[default]
+    Random,
+    /// Keyed by the client IP's text: one client's beacons share a partition.
+    ClientIp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_topic: Option<String>,
+    pub partitioning: Partitioning,
+    /// Passed to librdkafka as is, over [`DEFAULT_PRODUCER_PROPERTIES`].
+    pub properties: BTreeMap<String, PropertyValue>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "localhost:9092".into(),
+            topic: "eventlogging-client-side".into(),
+            error_topic: None,
+            partitioning: Partitioning::Random,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// A librdkafka property value: TOML strings, integers and booleans are all
+/// accepted and passed on as text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PropertyValue {
+    Text(String),
+    Integer(i64),
+    Bool(bool),
+}
+
+impl std::fmt::Display for PropertyValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PropertyValue::Text(s) => f.write_str(s),
+            PropertyValue::Integer(n) => write!(f, "{n}"),
+            PropertyValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// Producer settings beacond uses unless `[kafka.properties]` says otherwise.
+/// snappy as varnishkafka; librdkafka's own defaults for the rest (acks=all,
+/// idempotence off, queue of 100000 messages), with the queue's memory
+/// capped well below librdkafka's 1 GiB default.
+pub const DEFAULT_PRODUCER_PROPERTIES: &[(&str, &str)] = &[
+    ("compression.codec", "snappy"),
+    ("queue.buffering.max.kbytes", "131072"),
+];
+
+/// Properties that beacond sets from other keys; setting them in
+/// `[kafka.properties]` would be ambiguous.
+const RESERVED_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "kafka.brokers"),
+    ("metadata.broker.list", "kafka.brokers"),
+];
+
+/// librdkafka's own default for `message.max.bytes`.
+const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    pub flush_timeout_seconds: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            flush_timeout_seconds: 30,
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Config::parse(&text, &shown)
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().trim().to_string();
+            let location = inner
+                .span()
+                .map(|span| {
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            ConfigError::Parse {
+                path: origin.to_string(),
+                message: if key.is_empty() || key == "." {
+                    format!("{message}{location}")
+                } else {
+                    format!("`{key}`: {message}{location}")
+                },
+            }
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            key,
+            message,
+        };
+        let http = &self.http;
+        if http.routes.is_empty() {
+            return Err(invalid(
+                "http.routes",
+                "at least one route is needed".into(),
+            ));
+        }
+        for route in &http.routes {
+            if !route.starts_with('/') || route.contains('?') {
+                return Err(invalid(
+                    "http.routes",
+                    format!("{route:?} must be a path starting with `/`"),
+                ));
+            }
+        }
+        if !(16..=1 << 20).contains(&http.max_query_bytes) {
+            return Err(invalid(
+                "http.max_query_bytes",
+                "must be between 16 and 1048576".into(),
+            ));
+        }
+        if !(16..=1 << 16).contains(&http.max_user_agent_bytes) {
+            return Err(invalid(
+                "http.max_user_agent_bytes",
+                "must be between 16 and 65536".into(),
+            ));
+        }
+        if http.max_body_bytes > 1 << 24 {
+            return Err(invalid(
+                "http.max_body_bytes",
+                "must be at most 16777216".into(),
+            ));
+        }
+        if http.header_read_timeout_ms == 0 {
+            return Err(invalid(
+                "http.header_read_timeout_ms",
+                "must be above 0".into(),
+            ));
+        }
+        if http.listen == self.admin.listen && http.listen.port() != 0 {
+            return Err(invalid(
+                "admin.listen",
+                "must differ from http.listen".into(),
+            ));
+        }
+        if HeaderName::from_bytes(self.client_ip.header.as_bytes()).is_err() {
+            return Err(invalid(
+                "client_ip.header",
+                format!("{:?} is not a header name", self.client_ip.header),
+            ));
+        }
+        if let Some(host) = &self.output.hostname {
+            if host.is_empty()
+                || host
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            {
+                return Err(invalid(
+                    "output.hostname",
+                    "must be non-empty, without spaces or control characters".into(),
+                ));
+            }
+        }
+        let kafka = &self.kafka;
+        if kafka.brokers.trim().is_empty() {
+            return Err(invalid(
+                "kafka.brokers",
+                "must name at least one broker".into(),
+            ));
+        }
+        check_topic_name(&kafka.topic).map_err(|m| invalid("kafka.topic", m))?;
+        if let Some(topic) = &kafka.error_topic {
+            check_topic_name(topic).map_err(|m| invalid("kafka.error_topic", m))?;
+            if *topic == kafka.topic {
+                return Err(invalid(
+                    "kafka.error_topic",
+                    "must differ from kafka.topic".into(),
+                ));
+            }
+        }
+        for (name, instead) in RESERVED_PROPERTIES {
+            if kafka.properties.contains_key(*name) {
+                return Err(invalid(
+                    "kafka.properties",
+                    format!("set `{instead}` instead of `{name}`"),
+                ));
+            }
+        }
+        if let Some(v) = kafka.properties.get("message.max.bytes") {
+            if v.to_string().parse::<usize>().is_err() {
+                return Err(invalid(
+                    "kafka.properties",
+                    "`message.max.bytes` must be an integer".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `output.hostname`, or the machine's FQDN when unset.
+    pub fn resolve_hostname(&mut self) -> &str {
+        self.output
+            .hostname
+            .get_or_insert_with(crate::meta::machine_fqdn)
+    }
+
+    /// The producer properties in force: defaults, overridden by the file.
+    pub fn producer_properties(&self) -> BTreeMap<String, String> {
+        let mut props: BTreeMap<String, String> = DEFAULT_PRODUCER_PROPERTIES
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for (k, v) in &self.kafka.properties {
+            props.insert(k.clone(), v.to_string());
+        }
+        props.insert("bootstrap.servers".into(), self.kafka.brokers.clone());
+        props
+    }
+
+    /// The producer's `message.max.bytes` in force.
+    pub fn message_max_bytes(&self) -> usize {
+        self.kafka
+            .properties
+            .get("message.max.bytes")
+            .and_then(|v| v.to_string().parse().ok())
+            .unwrap_or(LIBRDKAFKA_MESSAGE_MAX_BYTES)
+    }
+
+    /// Checks that the largest message an accepted (or rejected) beacon can
+    /// produce fits the producer's `message.max.bytes`, so no beacon answered
+    /// 204 is refused by the producer for its size. Needs the hostname resolved.
+    pub fn check_message_size(&self) -> Result<(), ConfigError> {
+        let hostname_len = self.output.hostname.as_deref().map_or(255, str::len);
+        let largest = self.output.format.max_message_bytes(
+            self.http.max_query_bytes,
+            self.http.max_user_agent_bytes,
+            hostname_len,
+        ) + crate::sink::MAX_KEY_BYTES;
+        let limit = self.message_max_bytes();
+        if largest > limit {
+            return Err(ConfigError::Invalid {
+                path: "config".into(),
+                key: "http.max_query_bytes",
+                message: format!(
+                    "with http.max_user_agent_bytes = {} a message can reach {largest} bytes, \
+                     above the producer's message.max.bytes = {limit}: lower the limits or raise \
+                     message.max.bytes in [kafka.properties]",
+                    self.http.max_user_agent_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The effective config as TOML, for `--check`.
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        for (k, v) in self.producer_properties() {
+            if k != "bootstrap.servers" {
+                shown.kafka.properties.insert(k, PropertyValue::Text(v));
+            }
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn check_topic_name(topic: &str) -> Result<(), String> {
+    let ok = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{topic:?} is not a valid Kafka topic name"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", "t").unwrap();
+        assert_eq!(c.http.routes, vec!["/beacon/event", "/event.gif"]);
+        assert_eq!(c.kafka.topic, "eventlogging-client-side");
+        assert_eq!(c.output.format, OutputFormat::Varnishkafka);
+        assert_eq!(c.producer_properties()["compression.codec"], "snappy");
+    }
+
+    #[test]
+    fn documented_example_parses() {
+        let text = include_str!("../config/beacond.toml");
+        let mut c = Config::parse(text, "config/beacond.toml").unwrap();
+        // The example documents the defaults: it must mean exactly them.
+        let d = Config::default();
+        assert_eq!(c.producer_properties(), d.producer_properties());
+        c.kafka.properties.clear();
+        assert_eq!(toml::to_string(&c).unwrap(), toml::to_string(&d).unwrap());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err =
+            Config::parse("[http]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n", "f.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("lisen"), "{msg}");
+        assert!(msg.contains("f.toml"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let msg = Config::parse("[http]\nmax_query_bytes = \"big\"\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("http.max_query_bytes"), "{msg}");
+        let msg = Config::parse("[output]\nformat = \"xml\"\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("output.format"), "{msg}");
+        let msg = Config::parse("[client_ip]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("client_ip.trusted_proxies"), "{msg}");
+        let msg = Config::parse("[kafka]\ntopic = \"a b\"\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("kafka.topic"), "{msg}");
+        let msg = Config::parse("[kafka.properties]\n\"bootstrap.servers\" = \"x\"\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("kafka.brokers"), "{msg}");
+        let msg = Config::parse("[http]\nroutes = [\"beacon\"]\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("http.routes"), "{msg}");
+    }
+
+    #[test]
+    fn property_values_are_text() {
+        let c = Config::parse(
+            "[kafka.properties]\n\"linger.ms\" = 20\n\"enable.idempotence\" = true\n\"acks\" = \"1\"\n",
+            "f",
+        )
+        .unwrap();
+        let p = c.producer_properties();
+        assert_eq!(p["linger.ms"], "20");
+        assert_eq!(p["enable.idempotence"], "true");
+        assert_eq!(p["acks"], "1");
+    }
+
+    #[test]
+    fn message_size_must_fit() {
+        let mut c = Config::parse("[output]\nhostname = \"h\"\n", "f").unwrap();
+        assert!(c.check_message_size().is_ok());
+        c.kafka
+            .properties
+            .insert("message.max.bytes".into(), PropertyValue::Integer(10_000));
+        let msg = c.check_message_size().unwrap_err().to_string();
+        assert!(msg.contains("message.max.bytes"), "{msg}");
+    }
+
+    #[test]
+    fn check_output_round_trips() {
+        let mut c = Config::parse("[kafka]\nerror_topic = \"errs\"\n", "f").unwrap();
+        c.resolve_hostname();
+        let shown = c.to_toml();
+        let again = Config::parse(&shown, "shown").unwrap();
+        assert_eq!(again.kafka.error_topic.as_deref(), Some("errs"));
+        assert!(again.output.hostname.is_some());
+        assert_eq!(
+            again.kafka.properties["compression.codec"],
+            PropertyValue::Text("snappy".into())
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! beacond: an edge beacon collector.
+//!
+//! # Layout
+//! The path a beacon takes, one module per step (see ARCHITECTURE.md):
+//!
+//! - [`listener`]: TCP accept loop and HTTP/1.1 connections (hyper).
+//! - [`intake`]: the beacon endpoint; routes, methods, status codes.
+//! - [`decode`]: the query string to validated JSON text.
+//! - [`client_ip`] and [`meta`]: client address, time, host, sequence, user agent.
+//! - [`format`]: the Kafka message bytes (`varnishkafka` or `json`).
+//! - [`sink`]: the hand-off to Kafka (rdkafka), delivery reports, flush.
+//! - [`metrics`] and [`admin`]: what operators see.
+//! - [`config`]: the TOML file; [`service`]: wiring, start-up and shutdown.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod client_ip;
+pub mod config;
+pub mod decode;
+pub mod format;
+pub mod intake;
+pub mod listener;
+pub mod meta;
+pub mod metrics;
+pub mod service;
+pub mod sink;

@@ -1,0 +1,180 @@
+//! Service: wires the modules together and runs them until shutdown.
+//!
+//! Owns start-up order (config checks, producer, listeners, probe) and the
+//! shutdown sequence: readiness turns 503, the beacon listener stops accepting
+//! and finishes in-flight requests, the producer is flushed (bounded by
+//! `shutdown.flush_timeout_seconds`), and what could not be delivered is
+//! counted and logged.
+//!
+//! Must never: exit without flushing the producer.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::admin::{self, Readiness};
+use crate::config::{Config, ConfigError};
+use crate::intake::Intake;
+use crate::listener::{self, ConnectionSettings};
+use crate::metrics::Metrics;
+use crate::sink::{KafkaSink, SinkError};
+
+/// How often the readiness probe asks the broker for metadata.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long in-flight requests may take once shutdown begins.
+const REQUEST_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the probe thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A bound, not yet running, service.
+pub struct Service {
+    config: Config,
+    beacon_listener: TcpListener,
+    admin_listener: TcpListener,
+    metrics: Arc<Metrics>,
+    sink: Arc<KafkaSink>,
+}
+
+impl Service {
+    /// Checks the config, creates the producer and binds both listeners.
+    pub async fn bind(mut config: Config) -> Result<Service, ServiceError> {
+        config.resolve_hostname();
+        config.check_message_size()?;
+        let metrics = Arc::new(Metrics::new());
+        let sink = Arc::new(KafkaSink::new(&config, metrics.clone())?);
+        let bind = |key: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServiceError::Bind { key, addr, source })
+        };
+        let beacon_listener = bind("http.listen", config.http.listen).await?;
+        let admin_listener = bind("admin.listen", config.admin.listen).await?;
+        Ok(Service {
+            config,
+            beacon_listener,
+            admin_listener,
+            metrics,
+            sink,
+        })
+    }
+
+    pub fn beacon_addr(&self) -> SocketAddr {
+        self.beacon_listener
+            .local_addr()
+            .unwrap_or(self.config.http.listen)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .unwrap_or(self.config.admin.listen)
+    }
+
+    /// Serves until `shutdown` resolves, then drains and flushes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
+        let Service {
+            config,
+            beacon_listener,
+            admin_listener,
+            metrics,
+            sink,
+        } = self;
+        tracing::info!(
+            beacon = %beacon_listener.local_addr().map_or(config.http.listen, |a| a),
+            admin = %admin_listener.local_addr().map_or(config.admin.listen, |a| a),
+            topic = %config.kafka.topic,
+            format = ?config.output.format,
+            "beacond serving"
+        );
+        let stop_probe = Arc::new(AtomicBool::new(false));
+        let probe = sink
+            .spawn_probe(PROBE_INTERVAL, stop_probe.clone())
+            .map_err(ServiceError::Thread)?;
+        let readiness = Arc::new(Readiness::new(sink.clone()));
+
+        let settings = ConnectionSettings {
+            header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
+            max_buf_size: config.http.max_query_bytes + 16 * 1024,
+            shutdown_grace: REQUEST_GRACE,
+        };
+        let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = {
+            let metrics = metrics.clone();
+            let readiness = readiness.clone();
+            let handler = move |req: http::Request<hyper::body::Incoming>, _peer| {
+                let response = admin::handle(&req, &metrics, &readiness);
+                async move { response }
+            };
+            let admin_settings = ConnectionSettings {
+                shutdown_grace: Duration::from_secs(1),
+                ..settings
+            };
+            tokio::spawn(listener::serve(
+                admin_listener,
+                handler,
+                admin_settings,
+                None,
+                async {
+                    let _ = admin_stop_rx.await;
+                },
+            ))
+        };
+
+        let intake = Arc::new(Intake::new(&config, sink.clone(), metrics.clone()));
+        let handler = move |req: http::Request<hyper::body::Incoming>, peer| {
+            let intake = intake.clone();
+            async move { intake.handle(req, peer).await }
+        };
+        let draining = readiness.clone();
+        listener::serve(
+            beacon_listener,
+            handler,
+            settings,
+            Some(metrics.clone()),
+            async move {
+                shutdown.await;
+                draining.start_draining();
+                tracing::info!("shutdown requested: not ready, finishing in-flight requests");
+            },
+        )
+        .await;
+
+        let flush_timeout = Duration::from_secs(config.shutdown.flush_timeout_seconds);
+        tracing::info!(in_flight = sink.in_flight(), "flushing the producer");
+        let flushing = sink.clone();
+        let left = tokio::task::spawn_blocking(move || flushing.flush(flush_timeout))
+            .await
+            .unwrap_or_else(|_| sink.in_flight());
+        if left > 0 {
+            tracing::error!(
+                left,
+                "messages not delivered before the flush timeout: lost"
+            );
+        } else {
+            tracing::info!("producer flushed");
+        }
+        stop_probe.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = admin_stop_tx.send(());
+        let _ = admin_task.await;
+        let _ = tokio::task::spawn_blocking(move || probe.join()).await;
+        Ok(())
+    }
+}
