@@ -19,7 +19,10 @@ pub fn parse_rate(s: &str) -> Result<RateArg, String> {
     if s.eq_ignore_ascii_case("max") {
         return Ok(RateArg::Max);
     }
-    let v: f64 = s.trim_end_matches("/s").parse().map_err(|_| format!("{s:?} is not a rate (a number per second, or \"max\")"))?;
+    let v: f64 = s
+        .trim_end_matches("/s")
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate (a number per second, or \"max\")"))?;
     if !(v > 0.0 && v <= MAX_RATE) {
         return Err(format!("rate must be in (0, {MAX_RATE}]"));
     }
@@ -33,7 +36,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, "s"),
     };
-    let v: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
     let secs = match unit {
         "ms" => v / 1000.0,
         "s" => v,
@@ -42,7 +47,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
     };
     if !secs.is_finite() || secs < 0.0 || secs > MAX_DURATION.as_secs_f64() {
-        return Err(format!("{s:?} is out of range (0 to {}s)", MAX_DURATION.as_secs()));
+        return Err(format!(
+            "{s:?} is out of range (0 to {}s)",
+            MAX_DURATION.as_secs()
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -56,7 +64,9 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
 }
 
 fn parse_proxy(s: &str) -> Result<(String, String), String> {
-    let (l, u) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected LISTEN=UPSTREAM, e.g. 127.0.0.1:29092=127.0.0.1:29093"))?;
+    let (l, u) = s.split_once('=').ok_or_else(|| {
+        format!("{s:?}: expected LISTEN=UPSTREAM, e.g. 127.0.0.1:29092=127.0.0.1:29093")
+    })?;
     Ok((l.to_string(), u.to_string()))
 }
 
@@ -179,16 +189,46 @@ mod tests {
     #[test]
     fn flags() {
         let a = Args::try_parse_from([
-            "loadtest", "--target", "http://127.0.0.1:1/b", "--rate", "max", "--duration", "30s", "--warmup", "1s",
-            "--connections", "8", "--kafka-brokers", "127.0.0.1:19092", "--kafka-topic", "t", "--baseline",
-            "http://127.0.0.1:2/b", "--report-json", "r.json", "--plot", "p.svg", "--scenario", "s.toml",
-            "--broker-proxy", "127.0.0.1:1=127.0.0.1:2", "--invalid-fraction", "0.1",
+            "loadtest",
+            "--target",
+            "http://127.0.0.1:1/b",
+            "--rate",
+            "max",
+            "--duration",
+            "30s",
+            "--warmup",
+            "1s",
+            "--connections",
+            "8",
+            "--kafka-brokers",
+            "127.0.0.1:19092",
+            "--kafka-topic",
+            "t",
+            "--baseline",
+            "http://127.0.0.1:2/b",
+            "--report-json",
+            "r.json",
+            "--plot",
+            "p.svg",
+            "--scenario",
+            "s.toml",
+            "--broker-proxy",
+            "127.0.0.1:1=127.0.0.1:2",
+            "--invalid-fraction",
+            "0.1",
         ])
         .unwrap();
         assert_eq!(a.rate, Some(RateArg::Max));
-        assert_eq!(a.broker_proxy, Some(("127.0.0.1:1".into(), "127.0.0.1:2".into())));
-        assert!(Args::try_parse_from(["loadtest", "--target", "x", "--kafka-brokers", "b"]).is_err());
-        assert!(Args::try_parse_from(["loadtest", "--target", "x", "--invalid-fraction", "2"]).is_err());
+        assert_eq!(
+            a.broker_proxy,
+            Some(("127.0.0.1:1".into(), "127.0.0.1:2".into()))
+        );
+        assert!(
+            Args::try_parse_from(["loadtest", "--target", "x", "--kafka-brokers", "b"]).is_err()
+        );
+        assert!(
+            Args::try_parse_from(["loadtest", "--target", "x", "--invalid-fraction", "2"]).is_err()
+        );
         assert!(Args::try_parse_from(["loadtest", "--rate", "5"]).is_err());
     }
 }

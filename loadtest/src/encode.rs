@@ -30,13 +30,19 @@ fn percent_encode(s: &str, keep: impl Fn(u8) -> bool) -> String {
 /// JavaScript's `encodeURIComponent`.
 pub fn encode_uri_component(s: &str) -> String {
     percent_encode(s, |b| {
-        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')')
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
+            )
     })
 }
 
 /// PHP's `rawurlencode` (RFC 3986 unreserved characters only).
 pub fn rawurlencode(s: &str) -> String {
-    percent_encode(s, |b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+    percent_encode(s, |b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~')
+    })
 }
 
 /// Rewrites compact JSON (as `serde_json::to_string` writes it) the way the
@@ -205,7 +211,10 @@ mod tests {
 
     #[test]
     fn php_json_escapes() {
-        assert_eq!(php_style_json(r#"{"a":"x y/é😀"}"#), r#"{"a":"x\u0020y\/\u00e9\ud83d\ude00"}"#);
+        assert_eq!(
+            php_style_json(r#"{"a":"x y/é😀"}"#),
+            r#"{"a":"x\u0020y\/\u00e9\ud83d\ude00"}"#
+        );
         // An escaped backslash followed by a slash stays a backslash and a slash.
         let v: Value = serde_json::from_str(&php_style_json(r#"{"a":"\\/"}"#)).unwrap();
         assert_eq!(v["a"], "\\/");
@@ -239,7 +248,11 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys() {
-        let a: Value = serde_json::from_str(r#"{"b":1,"a":{"d":[1,{"z":1,"y":2}],"c":"é"}}"#).unwrap();
-        assert_eq!(canonical_json(&a), r#"{"a":{"c":"é","d":[1,{"y":2,"z":1}]},"b":1}"#);
+        let a: Value =
+            serde_json::from_str(r#"{"b":1,"a":{"d":[1,{"z":1,"y":2}],"c":"é"}}"#).unwrap();
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":{"c":"é","d":[1,{"y":2,"z":1}]},"b":1}"#
+        );
     }
 }

@@ -24,7 +24,9 @@ pub struct Target {
 pub fn require_loopback(addr: &SocketAddr, what: &str) -> anyhow::Result<()> {
     let ok = match addr.ip() {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     };
     if !ok {
         bail!("{what} {addr} is not a loopback address; loadtest only targets this machine (127.0.0.0/8, ::1)");
@@ -38,7 +40,9 @@ pub fn resolve_loopback(hostport: &str, what: &str) -> anyhow::Result<SocketAddr
         .to_socket_addrs()
         .with_context(|| format!("cannot resolve {what} {hostport:?}"))?
         .collect();
-    let first = *addrs.first().with_context(|| format!("{what} {hostport:?} resolves to nothing"))?;
+    let first = *addrs
+        .first()
+        .with_context(|| format!("{what} {hostport:?} resolves to nothing"))?;
     for a in &addrs {
         require_loopback(a, what)?;
     }
@@ -64,9 +68,18 @@ impl Target {
             Some(close) => authority[close..].contains(':'),
             None => authority.contains(':'),
         };
-        let hostport = if has_port { authority.to_string() } else { format!("{authority}:80") };
+        let hostport = if has_port {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
         let addr = resolve_loopback(&hostport, "target")?;
-        Ok(Target { url: url.to_string(), addr, host: authority.to_string(), path: path.to_string() })
+        Ok(Target {
+            url: url.to_string(),
+            addr,
+            host: authority.to_string(),
+            path: path.to_string(),
+        })
     }
 }
 
@@ -116,7 +129,11 @@ impl Conn {
             Err(_) => return Err(TransportError::Connect),
         };
         let _ = stream.set_nodelay(true);
-        Ok(Conn { stream, buf: Vec::with_capacity(4096), requests: 0 })
+        Ok(Conn {
+            stream,
+            buf: Vec::with_capacity(4096),
+            requests: 0,
+        })
     }
 
     pub fn stream_mut(&mut self) -> &mut TcpStream {
@@ -125,7 +142,11 @@ impl Conn {
 
     /// Sends `req` (a complete request without a body, or with its body) and
     /// reads one response. On error the connection must be dropped.
-    pub async fn request(&mut self, req: &[u8], head_request: bool) -> Result<Response, TransportError> {
+    pub async fn request(
+        &mut self,
+        req: &[u8],
+        head_request: bool,
+    ) -> Result<Response, TransportError> {
         let reused = self.requests > 0;
         self.requests += 1;
         let sent = self.stream.write_all(req).await;
@@ -210,9 +231,11 @@ impl Conn {
                 }
                 self.fill().await?;
             };
-            let line = std::str::from_utf8(&self.buf[..line_end]).map_err(|_| TransportError::Protocol)?;
+            let line =
+                std::str::from_utf8(&self.buf[..line_end]).map_err(|_| TransportError::Protocol)?;
             let size_text = line.split(';').next().unwrap_or("").trim();
-            let size = usize::from_str_radix(size_text, 16).map_err(|_| TransportError::Protocol)?;
+            let size =
+                usize::from_str_radix(size_text, 16).map_err(|_| TransportError::Protocol)?;
             self.buf.drain(..line_end + 2);
             if size == 0 {
                 // Trailers, then an empty line.
@@ -247,16 +270,27 @@ enum Framing {
     UntilClose,
 }
 
-fn framing_of(resp: &httparse::Response<'_, '_>, status: u16, head: bool) -> Result<(Framing, bool), TransportError> {
+fn framing_of(
+    resp: &httparse::Response<'_, '_>,
+    status: u16,
+    head: bool,
+) -> Result<(Framing, bool), TransportError> {
     let mut length = None;
     let mut chunked = false;
     let mut close = resp.version == Some(0);
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             let v = std::str::from_utf8(h.value).map_err(|_| TransportError::Protocol)?;
-            length = Some(v.trim().parse::<usize>().map_err(|_| TransportError::Protocol)?);
+            length = Some(
+                v.trim()
+                    .parse::<usize>()
+                    .map_err(|_| TransportError::Protocol)?,
+            );
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = h.value.windows(7).any(|w| w.eq_ignore_ascii_case(b"chunked"));
+            chunked = h
+                .value
+                .windows(7)
+                .any(|w| w.eq_ignore_ascii_case(b"chunked"));
         } else if h.name.eq_ignore_ascii_case("connection") {
             let v = h.value.to_ascii_lowercase();
             if v.windows(5).any(|w| w == b"close") {
@@ -296,7 +330,9 @@ mod tests {
         assert_eq!(t.path, "/");
         assert!(Target::parse("https://127.0.0.1/").is_err());
         assert!(Target::parse("http://127.0.0.1:1/x?y").is_err());
-        let err = Target::parse("http://192.0.2.1:80/").unwrap_err().to_string();
+        let err = Target::parse("http://192.0.2.1:80/")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("loopback"), "{err}");
     }
 
@@ -333,10 +369,34 @@ mod tests {
         .await;
         let mut c = Conn::connect(addr, Duration::from_secs(1)).await.unwrap();
         let req = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
-        assert_eq!(c.request(req, false).await, Ok(Response { status: 204, close: false }));
-        assert_eq!(c.request(req, false).await, Ok(Response { status: 400, close: false }));
-        assert_eq!(c.request(req, false).await, Ok(Response { status: 503, close: false }));
-        assert_eq!(c.request(req, false).await, Ok(Response { status: 414, close: true }));
+        assert_eq!(
+            c.request(req, false).await,
+            Ok(Response {
+                status: 204,
+                close: false
+            })
+        );
+        assert_eq!(
+            c.request(req, false).await,
+            Ok(Response {
+                status: 400,
+                close: false
+            })
+        );
+        assert_eq!(
+            c.request(req, false).await,
+            Ok(Response {
+                status: 503,
+                close: false
+            })
+        );
+        assert_eq!(
+            c.request(req, false).await,
+            Ok(Response {
+                status: 414,
+                close: true
+            })
+        );
         assert_eq!(c.request(req, false).await, Err(TransportError::Closed));
     }
 
@@ -345,6 +405,9 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         drop(l);
-        assert_eq!(Conn::connect(addr, Duration::from_secs(1)).await.err(), Some(TransportError::Connect));
+        assert_eq!(
+            Conn::connect(addr, Duration::from_secs(1)).await.err(),
+            Some(TransportError::Connect)
+        );
     }
 }

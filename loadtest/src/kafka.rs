@@ -79,7 +79,11 @@ impl KafkaWatch {
     /// Connects, reads the topic's metadata and end offsets, assigns all
     /// partitions and starts reading. Fails (bounded by `connect_timeout`) if
     /// the brokers do not answer or the topic does not exist.
-    pub fn start(opts: &KafkaOptions, corpus: Arc<Corpus>, run_id: &str) -> anyhow::Result<KafkaWatch> {
+    pub fn start(
+        opts: &KafkaOptions,
+        corpus: Arc<Corpus>,
+        run_id: &str,
+    ) -> anyhow::Result<KafkaWatch> {
         for hostport in opts.brokers.split(',') {
             crate::http::resolve_loopback(hostport.trim(), "Kafka broker")?;
         }
@@ -91,19 +95,38 @@ impl KafkaWatch {
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", "50")
             .set("reconnect.backoff.max.ms", "1000")
-            .set("socket.connection.setup.timeout.ms", &opts.connect_timeout.as_millis().max(1000).to_string())
+            .set(
+                "socket.connection.setup.timeout.ms",
+                opts.connect_timeout.as_millis().max(1000).to_string(),
+            )
             .set("log_level", "3")
             .create()
             .context("creating the Kafka consumer")?;
-        let md = consumer.fetch_metadata(Some(&opts.topic), opts.connect_timeout).with_context(|| {
-            format!("cannot read metadata from Kafka brokers {} within {:?}", opts.brokers, opts.connect_timeout)
-        })?;
-        let topic = md.topics().iter().find(|t| t.name() == opts.topic).context("topic missing from metadata")?;
+        let md = consumer
+            .fetch_metadata(Some(&opts.topic), opts.connect_timeout)
+            .with_context(|| {
+                format!(
+                    "cannot read metadata from Kafka brokers {} within {:?}",
+                    opts.brokers, opts.connect_timeout
+                )
+            })?;
+        let topic = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == opts.topic)
+            .context("topic missing from metadata")?;
         if let Some(err) = topic.error() {
-            bail!("Kafka topic {:?}: {:?} (create it first, e.g. scripts/dev-broker create-topic)", opts.topic, err);
+            bail!(
+                "Kafka topic {:?}: {:?} (create it first, e.g. scripts/dev-broker create-topic)",
+                opts.topic,
+                err
+            );
         }
         if topic.partitions().is_empty() {
-            bail!("Kafka topic {:?} has no partitions (does it exist?)", opts.topic);
+            bail!(
+                "Kafka topic {:?} has no partitions (does it exist?)",
+                opts.topic
+            );
         }
         let mut tpl = TopicPartitionList::new();
         for p in topic.partitions() {
@@ -112,27 +135,46 @@ impl KafkaWatch {
             } else {
                 let (_, high) = consumer
                     .fetch_watermarks(&opts.topic, p.id(), opts.connect_timeout)
-                    .with_context(|| format!("reading the end offset of {}[{}]", opts.topic, p.id()))?;
+                    .with_context(|| {
+                        format!("reading the end offset of {}[{}]", opts.topic, p.id())
+                    })?;
                 Offset::Offset(high)
             };
-            tpl.add_partition_offset(&opts.topic, p.id(), offset).context("building the assignment")?;
+            tpl.add_partition_offset(&opts.topic, p.id(), offset)
+                .context("building the assignment")?;
         }
         let partitions = tpl.count();
         consumer.assign(&tpl).context("assigning partitions")?;
         let (ctl, rx) = mpsc::channel();
-        let reader = Reader { corpus, run_prefix: format!("{run_id}-") };
+        let reader = Reader {
+            corpus,
+            run_prefix: format!("{run_id}-"),
+        };
         let thread = std::thread::Builder::new()
             .name("kafka-reader".into())
             .spawn(move || reader.run(consumer, rx))
             .context("spawning the Kafka reader")?;
-        Ok(KafkaWatch { ctl, thread, partitions })
+        Ok(KafkaWatch {
+            ctl,
+            thread,
+            partitions,
+        })
     }
 
     /// Waits until every acknowledged beacon is in, or `timeout`; then reads
     /// `linger` longer to catch late duplicates. Blocking.
-    pub fn finish(self, expected: &[Expected], timeout: Duration, linger: Duration) -> ReaderOutcome {
+    pub fn finish(
+        self,
+        expected: &[Expected],
+        timeout: Duration,
+        linger: Duration,
+    ) -> ReaderOutcome {
         let expected = expected.iter().map(|e| e.n).collect();
-        let _ = self.ctl.send(Finish { expected, timeout, linger });
+        let _ = self.ctl.send(Finish {
+            expected,
+            timeout,
+            linger,
+        });
         self.thread.join().expect("kafka reader panicked")
     }
 }
@@ -148,7 +190,11 @@ fn find(hay: &[u8], needle: &[u8]) -> bool {
 
 impl Reader {
     fn run(self, consumer: BaseConsumer, ctl: mpsc::Receiver<Finish>) -> ReaderOutcome {
-        let mut out = ReaderOutcome { observed: HashMap::new(), counts: ReaderCounts::default(), sample_error: None };
+        let mut out = ReaderOutcome {
+            observed: HashMap::new(),
+            counts: ReaderCounts::default(),
+            sample_error: None,
+        };
         let mut finish: Option<(Finish, Instant)> = None;
         let mut pending: HashSet<u64> = HashSet::new();
         let mut complete_at: Option<Instant> = None;
@@ -157,7 +203,12 @@ impl Reader {
             if finish.is_none() {
                 match ctl.try_recv() {
                     Ok(f) => {
-                        pending = f.expected.iter().copied().filter(|n| !out.observed.contains_key(n)).collect();
+                        pending = f
+                            .expected
+                            .iter()
+                            .copied()
+                            .filter(|n| !out.observed.contains_key(n))
+                            .collect();
                         finish = Some((f, Instant::now()));
                     }
                     Err(mpsc::TryRecvError::Empty) => {}
@@ -239,7 +290,9 @@ impl Reader {
         let choice = self.corpus.choose(n);
         let corrupted = match choice.kind {
             Ok(t) => {
-                let got = Fnv::default().write(canonical_json(&Value::Object(msg.capsule.clone())).as_bytes()).finish();
+                let got = Fnv::default()
+                    .write(canonical_json(&Value::Object(msg.capsule.clone())).as_bytes())
+                    .finish();
                 got != self.corpus.templates[t].capsule_hash(id)
             }
             Err(_) => true,
@@ -249,8 +302,14 @@ impl Reader {
             Some(Err(_)) => true,
             None => false,
         };
-        let ua_mismatch = msg.user_agent.as_deref().is_some_and(|ua| ua != USER_AGENTS[choice.user_agent]);
-        let o = out.observed.entry(n).or_insert(Observed { count: 0, ..Observed::first(ts_ms) });
+        let ua_mismatch = msg
+            .user_agent
+            .as_deref()
+            .is_some_and(|ua| ua != USER_AGENTS[choice.user_agent]);
+        let o = out.observed.entry(n).or_insert(Observed {
+            count: 0,
+            ..Observed::first(ts_ms)
+        });
         o.count += 1;
         o.first_ts_ms = o.first_ts_ms.min(ts_ms);
         o.corrupted |= corrupted;
@@ -268,7 +327,10 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -278,11 +340,18 @@ mod tests {
     use crate::encode::{decode_query, encode_uri_component};
 
     fn reader() -> Reader {
-        Reader { corpus: Arc::new(Corpus::new(CorpusConfig::default())), run_prefix: "r1-".into() }
+        Reader {
+            corpus: Arc::new(Corpus::new(CorpusConfig::default())),
+            run_prefix: "r1-".into(),
+        }
     }
 
     fn outcome() -> ReaderOutcome {
-        ReaderOutcome { observed: HashMap::new(), counts: ReaderCounts::default(), sample_error: None }
+        ReaderOutcome {
+            observed: HashMap::new(),
+            counts: ReaderCounts::default(),
+            sample_error: None,
+        }
     }
 
     /// The varnishkafka line a faithful collector writes for beacon `n`.
@@ -291,17 +360,32 @@ mod tests {
         let mut q = Vec::new();
         r.corpus.write_query(&c, &beacon_id("r1", "", n), &mut q);
         let q = String::from_utf8(q).unwrap();
-        format!("?{q}\tloadtest-host\t{n}\t2024-05-01T00:00:00\t{}\t\"{}\"", c.client_ip, USER_AGENTS[c.user_agent])
+        format!(
+            "?{q}\tloadtest-host\t{n}\t2024-05-01T00:00:00\t{}\t\"{}\"",
+            c.client_ip, USER_AGENTS[c.user_agent]
+        )
     }
 
     #[test]
     fn observes_faithful_copies_and_flags_changes() {
         let r = reader();
         let mut out = outcome();
-        assert_eq!(r.observe(vk_line(&r, 5).as_bytes(), 1000, &mut out), Some(5));
+        assert_eq!(
+            r.observe(vk_line(&r, 5).as_bytes(), 1000, &mut out),
+            Some(5)
+        );
         assert_eq!(r.observe(vk_line(&r, 5).as_bytes(), 999, &mut out), Some(5));
         let o = out.observed[&5];
-        assert_eq!((o.count, o.first_ts_ms, o.corrupted, o.ip_mismatch, o.ua_mismatch), (2, 999, false, false, false));
+        assert_eq!(
+            (
+                o.count,
+                o.first_ts_ms,
+                o.corrupted,
+                o.ip_mismatch,
+                o.ua_mismatch
+            ),
+            (2, 999, false, false, false)
+        );
 
         // A JSON message for beacon 6, with a changed event field.
         let c = r.corpus.choose(6);
@@ -311,8 +395,15 @@ mod tests {
         v["ip"] = Value::String(c.client_ip.to_string());
         v["userAgent"] = Value::String("someone else".into());
         v["seqId"] = 1.into();
-        assert_eq!(r.observe(serde_json::to_vec(&v).unwrap().as_slice(), 1, &mut out), Some(6));
-        assert!(out.observed[&6].ua_mismatch && !out.observed[&6].corrupted && !out.observed[&6].ip_mismatch);
+        assert_eq!(
+            r.observe(serde_json::to_vec(&v).unwrap().as_slice(), 1, &mut out),
+            Some(6)
+        );
+        assert!(
+            out.observed[&6].ua_mismatch
+                && !out.observed[&6].corrupted
+                && !out.observed[&6].ip_mismatch
+        );
         v["event"]["extra_field"] = 1.into();
         r.observe(serde_json::to_vec(&v).unwrap().as_slice(), 1, &mut out);
         assert!(out.observed[&6].corrupted);
@@ -320,17 +411,33 @@ mod tests {
         assert_eq!(out.counts.varnishkafka, 2);
 
         // Other runs, tagged ids and garbage.
-        let other = format!("?{};\th\t1\t2024-05-01T00:00:00\t1.2.3.4\t\"u\"", encode_uri_component(r#"{"event":{"loadtest_id":"r2-1"}}"#));
+        let other = format!(
+            "?{};\th\t1\t2024-05-01T00:00:00\t1.2.3.4\t\"u\"",
+            encode_uri_component(r#"{"event":{"loadtest_id":"r2-1"}}"#)
+        );
         assert_eq!(r.observe(other.as_bytes(), 1, &mut out), None);
-        let warm = format!("?{};\th\t1\t2024-05-01T00:00:00\t1.2.3.4\t\"u\"", encode_uri_component(r#"{"event":{"loadtest_id":"r1-w1"}}"#));
+        let warm = format!(
+            "?{};\th\t1\t2024-05-01T00:00:00\t1.2.3.4\t\"u\"",
+            encode_uri_component(r#"{"event":{"loadtest_id":"r1-w1"}}"#)
+        );
         assert_eq!(r.observe(warm.as_bytes(), 1, &mut out), None);
         assert_eq!(r.observe(b"?r1-%ZZ", 1, &mut out), None);
-        assert_eq!((out.counts.foreign, out.counts.untracked, out.counts.unparsable), (1, 1, 1));
+        assert_eq!(
+            (
+                out.counts.foreign,
+                out.counts.untracked,
+                out.counts.unparsable
+            ),
+            (1, 1, 1)
+        );
     }
 
     #[test]
     fn unreachable_broker_is_a_bounded_error() {
-        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let opts = KafkaOptions {
             brokers: dead.to_string(),
             topic: "t".into(),
@@ -338,10 +445,20 @@ mod tests {
             from_beginning: false,
         };
         let started = Instant::now();
-        let err = KafkaWatch::start(&opts, Arc::new(Corpus::new(CorpusConfig::default())), "r").err().unwrap();
+        let err = KafkaWatch::start(&opts, Arc::new(Corpus::new(CorpusConfig::default())), "r")
+            .err()
+            .unwrap();
         assert!(started.elapsed() < Duration::from_secs(10));
-        assert!(format!("{err:#}").contains("cannot read metadata"), "{err:#}");
-        let opts = KafkaOptions { brokers: "192.0.2.1:9092".into(), ..opts };
-        assert!(KafkaWatch::start(&opts, Arc::new(Corpus::new(CorpusConfig::default())), "r").is_err());
+        assert!(
+            format!("{err:#}").contains("cannot read metadata"),
+            "{err:#}"
+        );
+        let opts = KafkaOptions {
+            brokers: "192.0.2.1:9092".into(),
+            ..opts
+        };
+        assert!(
+            KafkaWatch::start(&opts, Arc::new(Corpus::new(CorpusConfig::default())), "r").is_err()
+        );
     }
 }

@@ -41,7 +41,9 @@ impl Message {
 
 pub fn parse(payload: &[u8]) -> anyhow::Result<Message> {
     match payload.first() {
-        Some(b'?') => parse_varnishkafka(std::str::from_utf8(payload).context("message is not UTF-8")?),
+        Some(b'?') => {
+            parse_varnishkafka(std::str::from_utf8(payload).context("message is not UTF-8")?)
+        }
         Some(b'{') => parse_json(payload),
         Some(b) => bail!("unknown message format (first byte {:?})", *b as char),
         None => bail!("empty message"),
@@ -64,11 +66,15 @@ pub fn parse_varnishkafka(line: &str) -> anyhow::Result<Message> {
     if fields.len() != 6 {
         bail!("varnishkafka line has {} fields, expected 6", fields.len());
     }
-    let [q, host, seq, dt, ip, ua] = [fields[0], fields[1], fields[2], fields[3], fields[4], fields[5]];
+    let [q, host, seq, dt, ip, ua] = [
+        fields[0], fields[1], fields[2], fields[3], fields[4], fields[5],
+    ];
     if !q.starts_with('?') {
         bail!("varnishkafka field 1 does not start with '?'");
     }
-    let seq: u64 = seq.parse().with_context(|| format!("bad sequence number {seq:?}"))?;
+    let seq: u64 = seq
+        .parse()
+        .with_context(|| format!("bad sequence number {seq:?}"))?;
     if !is_dt(dt) {
         bail!("bad timestamp {dt:?}, expected YYYY-MM-DDTHH:MM:SS");
     }
@@ -92,10 +98,11 @@ pub fn parse_varnishkafka(line: &str) -> anyhow::Result<Message> {
 }
 
 pub fn parse_json(payload: &[u8]) -> anyhow::Result<Message> {
-    let mut all: Map<String, Value> = match serde_json::from_slice(payload).context("bad JSON message")? {
-        Value::Object(m) => m,
-        _ => bail!("JSON message is not an object"),
-    };
+    let mut all: Map<String, Value> =
+        match serde_json::from_slice(payload).context("bad JSON message")? {
+            Value::Object(m) => m,
+            _ => bail!("JSON message is not an object"),
+        };
     let mut capsule = Map::new();
     for k in CAPSULE_FIELDS {
         if let Some(v) = all.remove(k) {
@@ -139,7 +146,10 @@ mod tests {
         assert_eq!(Value::Object(m.capsule.clone()), capsule());
         assert_eq!(m.loadtest_id(), Some("abc-1"));
         assert_eq!(m.client_ip.as_deref(), Some("203.0.113.9"));
-        assert_eq!(m.user_agent.as_deref(), Some("Mozilla/5.0 (X11) \"quoted\""));
+        assert_eq!(
+            m.user_agent.as_deref(),
+            Some("Mozilla/5.0 (X11) \"quoted\"")
+        );
         assert_eq!(m.host.as_deref(), Some("loadtest-host"));
         assert_eq!(m.seq, Some(42));
         // `+` is a space (unquote_plus), as the processor decodes it.
@@ -152,12 +162,12 @@ mod tests {
         let ok = "?%7B%7D;\th\t1\t2024-05-01T12:34:56\t1.2.3.4\t\"ua\"";
         assert!(parse(ok.as_bytes()).is_ok());
         for bad in [
-            "?%7B%7D;\th\t1\t2024-05-01T12:34:56\t1.2.3.4",              // 5 fields
-            "?%7B%7D;\th\tx\t2024-05-01T12:34:56\t1.2.3.4\t\"ua\"",       // bad seq
-            "?%7B%7D;\th\t1\t2024-05-01 12:34:56\t1.2.3.4\t\"ua\"",       // bad dt
-            "?%7B%7D;\th\t1\t2024-05-01T12:34:56\t1.2.3.4\tua",           // unquoted ua
-            "?%5B1%5D;\th\t1\t2024-05-01T12:34:56\t1.2.3.4\t\"ua\"",      // not an object
-            "?%7B%ZZ;\th\t1\t2024-05-01T12:34:56\t1.2.3.4\t\"ua\"",       // bad escape
+            "?%7B%7D;\th\t1\t2024-05-01T12:34:56\t1.2.3.4", // 5 fields
+            "?%7B%7D;\th\tx\t2024-05-01T12:34:56\t1.2.3.4\t\"ua\"", // bad seq
+            "?%7B%7D;\th\t1\t2024-05-01 12:34:56\t1.2.3.4\t\"ua\"", // bad dt
+            "?%7B%7D;\th\t1\t2024-05-01T12:34:56\t1.2.3.4\tua", // unquoted ua
+            "?%5B1%5D;\th\t1\t2024-05-01T12:34:56\t1.2.3.4\t\"ua\"", // not an object
+            "?%7B%ZZ;\th\t1\t2024-05-01T12:34:56\t1.2.3.4\t\"ua\"", // bad escape
         ] {
             assert!(parse(bad.as_bytes()).is_err(), "{bad}");
         }
@@ -177,7 +187,10 @@ mod tests {
         o.insert("uuid".into(), json!("0123456789abcdef0123456789abcdef"));
         let m = parse(serde_json::to_string(&v).unwrap().as_bytes()).unwrap();
         assert_eq!(m.format, Format::Json);
-        assert_eq!(canonical_json(&Value::Object(m.capsule.clone())), canonical_json(&capsule()));
+        assert_eq!(
+            canonical_json(&Value::Object(m.capsule.clone())),
+            canonical_json(&capsule())
+        );
         assert_eq!(m.loadtest_id(), Some("abc-1"));
         assert_eq!(m.client_ip.as_deref(), Some("2001:db8::1"));
         assert_eq!(m.user_agent.as_deref(), Some("Mozilla/5.0"));

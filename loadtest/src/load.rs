@@ -36,8 +36,18 @@ pub struct RunCtx {
 impl RunCtx {
     pub fn new(corpus: Arc<Corpus>, run_id: String, timeout: Duration) -> Self {
         let origin = Instant::now();
-        let origin_unix_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
-        RunCtx { corpus, run_id, origin, origin_unix_us, timeout, connect_timeout: timeout.min(Duration::from_secs(3)) }
+        let origin_unix_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        RunCtx {
+            corpus,
+            run_id,
+            origin,
+            origin_unix_us,
+            timeout,
+            connect_timeout: timeout.min(Duration::from_secs(3)),
+        }
     }
 
     pub fn unix_us(&self, t: Instant) -> i64 {
@@ -56,7 +66,10 @@ impl RunCtx {
 #[derive(Debug, Clone)]
 pub enum Pace {
     Open(Schedule),
-    Closed { duration: Duration, max_requests: u64 },
+    Closed {
+        duration: Duration,
+        max_requests: u64,
+    },
 }
 
 /// One round against one endpoint.
@@ -75,14 +88,20 @@ pub struct Round {
 pub type Pool = Vec<Option<Conn>>;
 
 /// Runs one round; returns the connections and the number of requests used.
-pub async fn run_round(ctx: &Arc<RunCtx>, round: Round, pool: Pool, rec: &Arc<Mutex<Recorder>>) -> (Pool, u64) {
+pub async fn run_round(
+    ctx: &Arc<RunCtx>,
+    round: Round,
+    pool: Pool,
+    rec: &Arc<Mutex<Recorder>>,
+) -> (Pool, u64) {
     let round = Arc::new(round);
     let started = Instant::now();
     let (pool, used) = match &round.pace {
         Pace::Open(schedule) => run_open(ctx, &round, schedule.clone(), pool, rec).await,
-        Pace::Closed { duration, max_requests } => {
-            run_closed(ctx, &round, *duration, *max_requests, pool, rec).await
-        }
+        Pace::Closed {
+            duration,
+            max_requests,
+        } => run_closed(ctx, &round, *duration, *max_requests, pool, rec).await,
     };
     let planned = match &round.pace {
         Pace::Open(s) => s.duration(),
@@ -90,7 +109,8 @@ pub async fn run_round(ctx: &Arc<RunCtx>, round: Round, pool: Pool, rec: &Arc<Mu
     };
     // Rates are per planned second; a round that overran (a stalled server)
     // counts the overrun too.
-    rec.lock().expect("recorder").active += started.elapsed().max(planned).min(planned + ctx.timeout);
+    rec.lock().expect("recorder").active +=
+        started.elapsed().max(planned).min(planned + ctx.timeout);
     (pool, used)
 }
 
@@ -119,8 +139,13 @@ async fn run_open(
     };
     let mut handles = Vec::with_capacity(pool.len());
     for conn in pool {
-        let (ctx, round, rec, rx, schedule) =
-            (Arc::clone(ctx), Arc::clone(round), Arc::clone(rec), Arc::clone(&rx), Arc::clone(&schedule));
+        let (ctx, round, rec, rx, schedule) = (
+            Arc::clone(ctx),
+            Arc::clone(round),
+            Arc::clone(rec),
+            Arc::clone(&rx),
+            Arc::clone(&schedule),
+        );
         handles.push(tokio::spawn(async move {
             let mut w = Worker::new(conn);
             loop {
@@ -202,7 +227,12 @@ async fn run_closed(
     let counter = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::with_capacity(pool.len());
     for conn in pool {
-        let (ctx, round, rec, counter) = (Arc::clone(ctx), Arc::clone(round), Arc::clone(rec), Arc::clone(&counter));
+        let (ctx, round, rec, counter) = (
+            Arc::clone(ctx),
+            Arc::clone(round),
+            Arc::clone(rec),
+            Arc::clone(&counter),
+        );
         handles.push(tokio::spawn(async move {
             let mut w = Worker::new(conn);
             while Instant::now() < end {
@@ -211,7 +241,8 @@ async fn run_closed(
                     break;
                 }
                 rec.lock().expect("recorder").scheduled += 1;
-                w.one(&ctx, &round, round.n_base + i, Instant::now(), &rec).await;
+                w.one(&ctx, &round, round.n_base + i, Instant::now(), &rec)
+                    .await;
             }
             w.conn
         }));
@@ -231,15 +262,31 @@ struct Worker {
 
 impl Worker {
     fn new(conn: Option<Conn>) -> Self {
-        Worker { conn, buf: Vec::with_capacity(4096) }
+        Worker {
+            conn,
+            buf: Vec::with_capacity(4096),
+        }
     }
 
     /// Sends request `n`, scheduled at `sched`, and records the outcome.
-    async fn one(&mut self, ctx: &RunCtx, round: &Round, n: u64, sched: Instant, rec: &Mutex<Recorder>) {
+    async fn one(
+        &mut self,
+        ctx: &RunCtx,
+        round: &Round,
+        n: u64,
+        sched: Instant,
+        rec: &Mutex<Recorder>,
+    ) {
         let choice = ctx.corpus.choose(n);
         let id = beacon_id(&ctx.run_id, round.tag, n);
         self.buf.clear();
-        ctx.corpus.write_request(&mut self.buf, &round.target.host, &round.target.path, &id, &choice);
+        ctx.corpus.write_request(
+            &mut self.buf,
+            &round.target.host,
+            &round.target.path,
+            &id,
+            &choice,
+        );
         let mut retries = 0;
         let mut sent_at = Instant::now();
         let result = loop {
@@ -276,7 +323,11 @@ impl Worker {
                 }
                 Err(e) => {
                     self.conn = None;
-                    break Err(if e == TransportError::Closed { TransportError::Io } else { e });
+                    break Err(if e == TransportError::Closed {
+                        TransportError::Io
+                    } else {
+                        e
+                    });
                 }
             }
         };
@@ -293,7 +344,10 @@ impl Worker {
         r.retries += retries;
         r.record(&outcome);
         if round.expect && choice.valid() && matches!(result, Ok(s) if (200..300).contains(&s)) {
-            r.expected.push(Expected { n, sched_unix_us: ctx.unix_us(sched) });
+            r.expected.push(Expected {
+                n,
+                sched_unix_us: ctx.unix_us(sched),
+            });
         }
     }
 }
@@ -318,7 +372,9 @@ mod tests {
         let count = Arc::new(AtomicU64::new(0));
         tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = l.accept().await else { return };
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
                 let count = Arc::clone(&count);
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 16384];
@@ -334,7 +390,10 @@ mod tests {
                             if count.fetch_add(1, Ordering::SeqCst) as usize == stall_at {
                                 tokio::time::sleep(stall).await;
                             }
-                            if s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.is_err() {
+                            if s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -377,7 +436,10 @@ mod tests {
         assert_eq!(r.status_counts[&204], 400);
         assert_eq!(r.expected.len(), 400);
         let over_250ms = r.latency.count_between(250_000, u64::MAX);
-        assert!(over_250ms >= 40, "requests charged with the stall: {over_250ms}");
+        assert!(
+            over_250ms >= 40,
+            "requests charged with the stall: {over_250ms}"
+        );
         assert!(r.latency.max() >= 480_000, "max {}", r.latency.max());
         // ...while the server itself answered all but one quickly.
         let slow_service = r.service.count_between(250_000, u64::MAX);
@@ -401,7 +463,10 @@ mod tests {
         let started = Instant::now();
         let _ = run_round(&ctx, round, empty_pool(4), &rec).await;
         let took = started.elapsed();
-        assert!(took >= Duration::from_millis(990) && took < Duration::from_millis(1500), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(990) && took < Duration::from_millis(1500),
+            "{took:?}"
+        );
         let r = rec.lock().unwrap();
         assert_eq!(r.sent, 500);
         let mut ns: Vec<u64> = r.expected.iter().map(|e| e.n).collect();
@@ -420,7 +485,10 @@ mod tests {
         let round = Round {
             target: target(addr),
             tag: "b",
-            pace: Pace::Closed { duration: Duration::from_secs(5), max_requests: 300 },
+            pace: Pace::Closed {
+                duration: Duration::from_secs(5),
+                max_requests: 300,
+            },
             n_base: 0,
             expect: false,
         };

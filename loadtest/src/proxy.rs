@@ -53,13 +53,19 @@ impl BrokerProxy {
     pub async fn start(listen: &str, upstream: &str) -> anyhow::Result<BrokerProxy> {
         let listen_addr = crate::http::resolve_loopback(listen, "broker proxy listen address")?;
         let upstream = crate::http::resolve_loopback(upstream, "broker proxy upstream")?;
-        let listener =
-            TcpListener::bind(listen_addr).await.with_context(|| format!("broker proxy: cannot listen on {listen}"))?;
+        let listener = TcpListener::bind(listen_addr)
+            .await
+            .with_context(|| format!("broker proxy: cannot listen on {listen}"))?;
         let listen = listener.local_addr()?;
         let (state, rx) = watch::channel(State::Up);
         let stats = Arc::new(ProxyStats::default());
         tokio::spawn(accept_loop(listener, upstream, rx, Arc::clone(&stats)));
-        Ok(BrokerProxy { listen, upstream, state, stats })
+        Ok(BrokerProxy {
+            listen,
+            upstream,
+            state,
+            stats,
+        })
     }
 
     pub fn cut(&self, mode: CutMode) {
@@ -82,7 +88,12 @@ impl Drop for BrokerProxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, upstream: SocketAddr, mut rx: watch::Receiver<State>, stats: Arc<ProxyStats>) {
+async fn accept_loop(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    mut rx: watch::Receiver<State>,
+    stats: Arc<ProxyStats>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -183,7 +194,9 @@ mod tests {
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = l.accept().await else { return };
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
                 tokio::spawn(async move {
                     let mut buf = [0u8; 1024];
                     loop {
@@ -214,7 +227,9 @@ mod tests {
     #[tokio::test]
     async fn forwards_cuts_and_restores() {
         let echo = echo_server().await;
-        let p = BrokerProxy::start("127.0.0.1:0", &echo.to_string()).await.unwrap();
+        let p = BrokerProxy::start("127.0.0.1:0", &echo.to_string())
+            .await
+            .unwrap();
         let mut c = TcpStream::connect(p.listen).await.unwrap();
         assert_eq!(roundtrip(&mut c, b"hello").await.unwrap(), b"hello");
 
@@ -225,14 +240,19 @@ mod tests {
         // ...until restored, when the held bytes flow again.
         p.restore();
         let mut buf = [0u8; 5];
-        tokio::time::timeout(Duration::from_secs(1), c.read_exact(&mut buf)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(1), c.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(&buf, b"lost?");
 
         // Reset: existing connections are closed, new ones closed at once.
         p.cut(CutMode::Reset);
         tokio::time::sleep(Duration::from_millis(20)).await;
         let mut one = [0u8; 1];
-        let r = tokio::time::timeout(Duration::from_secs(1), c.read(&mut one)).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(1), c.read(&mut one))
+            .await
+            .unwrap();
         assert!(matches!(r, Ok(0) | Err(_)));
         let mut c2 = TcpStream::connect(p.listen).await.unwrap();
         assert!(roundtrip(&mut c2, b"x").await.is_err());
@@ -244,6 +264,8 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_non_loopback() {
-        assert!(BrokerProxy::start("127.0.0.1:0", "192.0.2.1:9092").await.is_err());
+        assert!(BrokerProxy::start("127.0.0.1:0", "192.0.2.1:9092")
+            .await
+            .is_err());
     }
 }

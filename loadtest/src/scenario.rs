@@ -114,7 +114,8 @@ fn dur(s: &str, what: &str) -> anyhow::Result<Duration> {
 
 impl Scenario {
     pub fn load(path: &std::path::Path) -> anyhow::Result<Scenario> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading scenario {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading scenario {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing scenario {}", path.display()))
     }
 
@@ -133,10 +134,17 @@ impl Scenario {
                 toml::Value::Integer(v) => *v as f64,
                 toml::Value::Float(v) => *v,
                 toml::Value::String(s) if s.ends_with('x') => {
-                    let m: f64 = s[..s.len() - 1].parse().with_context(|| format!("phase {} rate {s:?}", i + 1))?;
-                    m * base.with_context(|| format!("phase {} rate {s:?} needs base_rate or --rate", i + 1))?
+                    let m: f64 = s[..s.len() - 1]
+                        .parse()
+                        .with_context(|| format!("phase {} rate {s:?}", i + 1))?;
+                    m * base.with_context(|| {
+                        format!("phase {} rate {s:?} needs base_rate or --rate", i + 1)
+                    })?
                 }
-                other => bail!("phase {} rate {other}: give a number or a multiple like \"5x\"", i + 1),
+                other => bail!(
+                    "phase {} rate {other}: give a number or a multiple like \"5x\"",
+                    i + 1
+                ),
             };
             if !(0.0..=crate::cli::MAX_RATE).contains(&rate) {
                 bail!("phase {} rate {rate} out of range", i + 1);
@@ -145,7 +153,10 @@ impl Scenario {
             phases.push(Phase { duration, rate });
         }
         if total.is_zero() || total > crate::cli::MAX_DURATION {
-            bail!("scenario duration {total:?} must be between 0 and {:?}", crate::cli::MAX_DURATION);
+            bail!(
+                "scenario duration {total:?} must be between 0 and {:?}",
+                crate::cli::MAX_DURATION
+            );
         }
         let mut events = Vec::new();
         for e in &self.events {
@@ -153,7 +164,11 @@ impl Scenario {
             if at > total {
                 bail!("event at {at:?} is after the scenario's end ({total:?})");
             }
-            events.push(Event { at, action: e.action, mode: e.mode });
+            events.push(Event {
+                at,
+                action: e.action,
+                mode: e.mode,
+            });
         }
         events.sort_by_key(|e| e.at);
         if !events.is_empty() && self.broker_proxy.is_none() && !cli_proxy {
@@ -172,8 +187,17 @@ impl Scenario {
                         bytes_per_write: s.bytes_per_write.max(1),
                         extra_headers: s.extra_headers.min(1000),
                     },
-                    start: s.start.as_deref().map(|v| dur(v, "slow_clients.start")).transpose()?.unwrap_or_default(),
-                    stop: s.stop.as_deref().map(|v| dur(v, "slow_clients.stop")).transpose()?,
+                    start: s
+                        .start
+                        .as_deref()
+                        .map(|v| dur(v, "slow_clients.start"))
+                        .transpose()?
+                        .unwrap_or_default(),
+                    stop: s
+                        .stop
+                        .as_deref()
+                        .map(|v| dur(v, "slow_clients.stop"))
+                        .transpose()?,
                 })
             }
         };
@@ -184,8 +208,16 @@ impl Scenario {
             proxy: self.broker_proxy.clone(),
             slow,
             connections: self.connections,
-            warmup: self.warmup.as_deref().map(|v| dur(v, "warmup")).transpose()?,
-            kafka_drain_timeout: self.kafka_drain_timeout.as_deref().map(|v| dur(v, "kafka_drain_timeout")).transpose()?,
+            warmup: self
+                .warmup
+                .as_deref()
+                .map(|v| dur(v, "warmup"))
+                .transpose()?,
+            kafka_drain_timeout: self
+                .kafka_drain_timeout
+                .as_deref()
+                .map(|v| dur(v, "kafka_drain_timeout"))
+                .transpose()?,
             invalid_fraction: self.invalid_fraction,
         })
     }
@@ -227,8 +259,18 @@ mod tests {
         )
         .unwrap();
         let r = s.resolve(None, false).unwrap();
-        assert_eq!(r.phases.iter().map(|p| p.rate).collect::<Vec<_>>(), vec![100.0, 500.0, 50.5]);
-        assert_eq!(r.events[0], Event { at: Duration::from_secs(1), action: Action::BrokerDown, mode: CutMode::Blackhole });
+        assert_eq!(
+            r.phases.iter().map(|p| p.rate).collect::<Vec<_>>(),
+            vec![100.0, 500.0, 50.5]
+        );
+        assert_eq!(
+            r.events[0],
+            Event {
+                at: Duration::from_secs(1),
+                action: Action::BrokerDown,
+                mode: CutMode::Blackhole
+            }
+        );
         assert_eq!(r.events[1].mode, CutMode::Reset);
         assert_eq!(r.slow.as_ref().unwrap().opts.bytes_per_write, 1);
         let r = s.resolve(Some(10.0), false).unwrap();
@@ -245,7 +287,9 @@ mod tests {
             "name='x'\n[[phase]]\nduration='1s'\nrate=1\n[broker_proxy]\nlisten='a'\nupstream='b'\n[[event]]\nat='5s'\naction='broker_down'", // after end
         ];
         for b in bad {
-            let r = toml::from_str::<Scenario>(b).map_err(anyhow::Error::from).and_then(|s| s.resolve(None, false));
+            let r = toml::from_str::<Scenario>(b)
+                .map_err(anyhow::Error::from)
+                .and_then(|s| s.resolve(None, false));
             assert!(r.is_err(), "{b}");
         }
     }
@@ -257,7 +301,10 @@ mod tests {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
-                Scenario::load(&path).unwrap().resolve(None, false).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                Scenario::load(&path)
+                    .unwrap()
+                    .resolve(None, false)
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
                 n += 1;
             }
         }

@@ -33,14 +33,27 @@ impl Schedule {
         let mut start = Duration::ZERO;
         let mut first = 0;
         for p in phases {
-            let count = if p.rate > 0.0 { (p.rate * p.duration.as_secs_f64()).round() as u64 } else { 0 };
+            let count = if p.rate > 0.0 {
+                (p.rate * p.duration.as_secs_f64()).round() as u64
+            } else {
+                0
+            };
             if count > 0 {
-                segments.push(Segment { start, first, count, rate: p.rate });
+                segments.push(Segment {
+                    start,
+                    first,
+                    count,
+                    rate: p.rate,
+                });
             }
             first += count;
             start += p.duration;
         }
-        Schedule { segments, total: first, duration: start }
+        Schedule {
+            segments,
+            total: first,
+            duration: start,
+        }
     }
 
     pub fn constant(rate: f64, duration: Duration) -> Self {
@@ -58,7 +71,10 @@ impl Schedule {
 
     /// When request `n` (0-based) is due, from the start of the schedule.
     pub fn offset_of(&self, n: u64) -> Duration {
-        let i = self.segments.partition_point(|s| s.first <= n).saturating_sub(1);
+        let i = self
+            .segments
+            .partition_point(|s| s.first <= n)
+            .saturating_sub(1);
         let s = &self.segments[i];
         s.start + Duration::from_nanos(((n - s.first) as f64 * 1e9 / s.rate).round() as u64)
     }
@@ -96,9 +112,18 @@ mod tests {
     fn phases_are_contiguous() {
         // steady 100/s for 2 s, spike 1000/s for 1 s, back to 100/s for 1 s
         let s = Schedule::new(&[
-            Phase { duration: Duration::from_secs(2), rate: 100.0 },
-            Phase { duration: Duration::from_secs(1), rate: 1000.0 },
-            Phase { duration: Duration::from_secs(1), rate: 100.0 },
+            Phase {
+                duration: Duration::from_secs(2),
+                rate: 100.0,
+            },
+            Phase {
+                duration: Duration::from_secs(1),
+                rate: 1000.0,
+            },
+            Phase {
+                duration: Duration::from_secs(1),
+                rate: 100.0,
+            },
         ]);
         assert_eq!(s.total(), 200 + 1000 + 100);
         assert_eq!(s.duration(), Duration::from_secs(4));
@@ -119,9 +144,18 @@ mod tests {
     #[test]
     fn zero_rate_phase_is_a_pause() {
         let s = Schedule::new(&[
-            Phase { duration: Duration::from_secs(1), rate: 10.0 },
-            Phase { duration: Duration::from_secs(2), rate: 0.0 },
-            Phase { duration: Duration::from_secs(1), rate: 10.0 },
+            Phase {
+                duration: Duration::from_secs(1),
+                rate: 10.0,
+            },
+            Phase {
+                duration: Duration::from_secs(2),
+                rate: 0.0,
+            },
+            Phase {
+                duration: Duration::from_secs(1),
+                rate: 10.0,
+            },
         ]);
         assert_eq!(s.total(), 20);
         assert_eq!(s.offset_of(10), Duration::from_secs(3));

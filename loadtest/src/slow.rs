@@ -50,11 +50,25 @@ struct Acc {
 
 /// Runs `opts.connections` slow clients until `until`; each reconnects when
 /// closed. Bounded by `until` (plus one write).
-pub async fn run(target: Arc<Target>, corpus: Arc<Corpus>, run_id: String, opts: SlowOptions, until: Instant) -> SlowReport {
-    let acc = Arc::new(Mutex::new(Acc { close_us: Some(new_hist()), ..Acc::default() }));
+pub async fn run(
+    target: Arc<Target>,
+    corpus: Arc<Corpus>,
+    run_id: String,
+    opts: SlowOptions,
+    until: Instant,
+) -> SlowReport {
+    let acc = Arc::new(Mutex::new(Acc {
+        close_us: Some(new_hist()),
+        ..Acc::default()
+    }));
     let mut handles = Vec::new();
     for slot in 0..opts.connections {
-        let (target, corpus, run_id, acc) = (Arc::clone(&target), Arc::clone(&corpus), run_id.clone(), Arc::clone(&acc));
+        let (target, corpus, run_id, acc) = (
+            Arc::clone(&target),
+            Arc::clone(&corpus),
+            run_id.clone(),
+            Arc::clone(&acc),
+        );
         handles.push(tokio::spawn(async move {
             let mut k = 0u64;
             while Instant::now() < until {
@@ -62,36 +76,49 @@ pub async fn run(target: Arc<Target>, corpus: Arc<Corpus>, run_id: String, opts:
                 let n = slot as u64 * 1_000_000 + k;
                 let mut req = Vec::new();
                 let c = corpus.choose(n);
-                corpus.write_request(&mut req, &target.host, &target.path, &beacon_id(&run_id, "s", n), &c);
+                corpus.write_request(
+                    &mut req,
+                    &target.host,
+                    &target.path,
+                    &beacon_id(&run_id, "s", n),
+                    &c,
+                );
                 req.truncate(req.len() - 2); // reopen the head for extra headers
                 for i in 0..opts.extra_headers {
                     req.extend_from_slice(format!("X-Slow-{i}: dribble\r\n").as_bytes());
                 }
                 req.extend_from_slice(b"\r\n");
                 let outcome = dribble(&target, &req, opts, until).await;
-                let mut a = acc.lock().expect("slow acc");
-                match outcome {
-                    Dribble::ConnectError => {
-                        a.connect_errors += 1;
-                        drop(a);
-                        tokio::time::sleep(opts.interval.min(Duration::from_millis(200))).await;
-                    }
-                    Dribble::Closed(after) => {
-                        a.opened += 1;
-                        a.closed_by_server += 1;
-                        if let Some(h) = a.close_us.as_mut() {
-                            h.saturating_record(after.as_micros() as u64);
+                let backoff = {
+                    let mut a = acc.lock().expect("slow acc");
+                    match outcome {
+                        Dribble::ConnectError => {
+                            a.connect_errors += 1;
+                            true
+                        }
+                        Dribble::Closed(after) => {
+                            a.opened += 1;
+                            a.closed_by_server += 1;
+                            if let Some(h) = a.close_us.as_mut() {
+                                crate::stats::record(h, after.as_micros() as u64);
+                            }
+                            false
+                        }
+                        Dribble::Completed(status) => {
+                            a.opened += 1;
+                            a.completed += 1;
+                            *a.status_counts.entry(status.to_string()).or_default() += 1;
+                            false
+                        }
+                        Dribble::OpenAtEnd => {
+                            a.opened += 1;
+                            a.open_at_end += 1;
+                            false
                         }
                     }
-                    Dribble::Completed(status) => {
-                        a.opened += 1;
-                        a.completed += 1;
-                        *a.status_counts.entry(status.to_string()).or_default() += 1;
-                    }
-                    Dribble::OpenAtEnd => {
-                        a.opened += 1;
-                        a.open_at_end += 1;
-                    }
+                };
+                if backoff {
+                    tokio::time::sleep(opts.interval.min(Duration::from_millis(200))).await;
                 }
             }
         }));
@@ -108,7 +135,11 @@ pub async fn run(target: Arc<Target>, corpus: Arc<Corpus>, run_id: String, opts:
         completed: a.completed,
         status_counts: a.status_counts.clone(),
         open_at_end: a.open_at_end,
-        time_to_close_ms: a.close_us.as_ref().map(LatencySummary::from_us).unwrap_or_default(),
+        time_to_close_ms: a
+            .close_us
+            .as_ref()
+            .map(LatencySummary::from_us)
+            .unwrap_or_default(),
     }
 }
 
@@ -134,12 +165,14 @@ async fn dribble(target: &Target, req: &[u8], opts: SlowOptions, until: Instant)
         // Notice a close while we pause, without reading the response early.
         let mut probe = [0u8; 1];
         match tokio::time::timeout(opts.interval, conn.stream_mut().peek(&mut probe)).await {
-            Err(_) => {}                                        // still open, nothing sent
+            Err(_) => {} // still open, nothing sent
             Ok(Ok(0)) | Ok(Err(_)) => return Dribble::Closed(opened.elapsed()), // closed
-            Ok(Ok(_)) => break,                                  // the server answered early (e.g. 408/400)
+            Ok(Ok(_)) => break, // the server answered early (e.g. 408/400)
         }
     }
-    let left = until.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+    let left = until
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(100));
     match tokio::time::timeout(left, conn.read_response(false)).await {
         Ok(Ok(r)) => Dribble::Completed(r.status),
         Ok(Err(TransportError::Io | TransportError::Closed)) => Dribble::Closed(opened.elapsed()),
@@ -162,7 +195,9 @@ mod tests {
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = l.accept().await else { return };
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
                 tokio::spawn(async move {
                     let deadline = Instant::now() + limit;
                     let mut got = Vec::new();
@@ -186,16 +221,40 @@ mod tests {
         let addr = server_with_header_timeout(Duration::from_millis(150)).await;
         let target = Arc::new(Target::parse(&format!("http://{addr}/beacon/event")).unwrap());
         let corpus = Arc::new(Corpus::new(CorpusConfig::default()));
-        let opts = SlowOptions { connections: 3, interval: Duration::from_millis(20), bytes_per_write: 1, extra_headers: 0 };
-        let r = run(target.clone(), corpus.clone(), "r".into(), opts, Instant::now() + Duration::from_millis(700)).await;
+        let opts = SlowOptions {
+            connections: 3,
+            interval: Duration::from_millis(20),
+            bytes_per_write: 1,
+            extra_headers: 0,
+        };
+        let r = run(
+            target.clone(),
+            corpus.clone(),
+            "r".into(),
+            opts,
+            Instant::now() + Duration::from_millis(700),
+        )
+        .await;
         assert!(r.closed_by_server >= 6, "{r:?}");
         assert_eq!(r.completed, 0);
         let p50 = r.time_to_close_ms.p50;
         assert!((100.0..400.0).contains(&p50), "{r:?}");
 
         // Fast enough to finish: completes.
-        let opts = SlowOptions { connections: 1, interval: Duration::from_millis(1), bytes_per_write: 200, extra_headers: 0 };
-        let r = run(target, corpus, "r".into(), opts, Instant::now() + Duration::from_millis(300)).await;
+        let opts = SlowOptions {
+            connections: 1,
+            interval: Duration::from_millis(1),
+            bytes_per_write: 200,
+            extra_headers: 0,
+        };
+        let r = run(
+            target,
+            corpus,
+            "r".into(),
+            opts,
+            Instant::now() + Duration::from_millis(300),
+        )
+        .await;
         assert!(r.completed >= 1, "{r:?}");
         assert_eq!(r.status_counts["204"], r.completed);
     }

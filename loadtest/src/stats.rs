@@ -38,6 +38,14 @@ impl LatencySummary {
     }
 }
 
+/// Records `v` into an auto-resizing histogram (`saturating_record` would
+/// clamp instead of growing it).
+pub fn record(h: &mut Histogram<u64>, v: u64) {
+    if h.record(v).is_err() {
+        h.saturating_record(v);
+    }
+}
+
 pub fn new_hist() -> Histogram<u64> {
     // Auto-resizing, 3 significant digits, microseconds.
     Histogram::new(3).expect("histogram")
@@ -55,7 +63,13 @@ pub struct Second {
 
 impl Default for Second {
     fn default() -> Self {
-        Second { completed: 0, ok: 0, non_ok: 0, errors: 0, latency: Histogram::new(2).expect("histogram") }
+        Second {
+            completed: 0,
+            ok: 0,
+            non_ok: 0,
+            errors: 0,
+            latency: Histogram::new(2).expect("histogram"),
+        }
     }
 }
 
@@ -151,10 +165,10 @@ impl Recorder {
         match o.result {
             Ok(status) => {
                 *self.status_counts.entry(status).or_default() += 1;
-                self.latency.saturating_record(us(total).max(1));
-                self.service.saturating_record(us(o.service).max(1));
-                self.send_delay.saturating_record(us(o.send_delay).max(1));
-                sec.latency.saturating_record(us(total).max(1));
+                record(&mut self.latency, us(total).max(1));
+                record(&mut self.service, us(o.service).max(1));
+                record(&mut self.send_delay, us(o.send_delay).max(1));
+                record(&mut sec.latency, us(total).max(1));
                 if (200..300).contains(&status) {
                     sec.ok += 1;
                     if !o.valid {
@@ -175,9 +189,15 @@ impl Recorder {
     }
 
     pub fn merge(&mut self, other: Recorder) {
-        self.latency.add(&other.latency).expect("same histogram kind");
-        self.service.add(&other.service).expect("same histogram kind");
-        self.send_delay.add(&other.send_delay).expect("same histogram kind");
+        self.latency
+            .add(&other.latency)
+            .expect("same histogram kind");
+        self.service
+            .add(&other.service)
+            .expect("same histogram kind");
+        self.send_delay
+            .add(&other.send_delay)
+            .expect("same histogram kind");
         for (k, v) in other.status_counts {
             *self.status_counts.entry(k).or_default() += v;
         }
@@ -211,7 +231,11 @@ impl Recorder {
     }
 
     pub fn ok_responses(&self) -> u64 {
-        self.status_counts.iter().filter(|(s, _)| (200..300).contains(*s)).map(|(_, v)| v).sum()
+        self.status_counts
+            .iter()
+            .filter(|(s, _)| (200..300).contains(*s))
+            .map(|(_, v)| v)
+            .sum()
     }
 
     pub fn transport_error_total(&self) -> u64 {
@@ -225,9 +249,17 @@ impl Recorder {
             scheduled: self.scheduled,
             sent: self.sent,
             unsent: self.unsent,
-            status_counts: self.status_counts.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            status_counts: self
+                .status_counts
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
             transport_errors: self.transport_error_total(),
-            transport_error_kinds: self.transport_errors.iter().map(|(k, v)| (k.name().to_string(), *v)).collect(),
+            transport_error_kinds: self
+                .transport_errors
+                .iter()
+                .map(|(k, v)| (k.name().to_string(), *v))
+                .collect(),
             retries: self.retries,
             duration_s: secs,
             achieved_rate: per_s(self.responses()),
@@ -239,7 +271,12 @@ impl Recorder {
             invalid_sent: self.invalid_sent,
             valid_rejected: self.valid_rejected,
             invalid_accepted: self.invalid_accepted,
-            methods: [("GET".to_string(), self.get), ("POST".to_string(), self.post)].into_iter().collect(),
+            methods: [
+                ("GET".to_string(), self.get),
+                ("POST".to_string(), self.post),
+            ]
+            .into_iter()
+            .collect(),
         }
     }
 }
@@ -292,10 +329,25 @@ mod tests {
         for i in 1..=1000u64 {
             r.record(&ok(i, i / 500));
         }
-        r.record(&Outcome { result: Ok(400), valid: false, post: false, ..ok(1, 1) });
-        r.record(&Outcome { result: Ok(400), ..ok(1, 1) });
-        r.record(&Outcome { result: Err(TransportError::Timeout), ..ok(1, 1) });
-        r.record(&Outcome { result: Ok(204), valid: false, ..ok(1, 1) });
+        r.record(&Outcome {
+            result: Ok(400),
+            valid: false,
+            post: false,
+            ..ok(1, 1)
+        });
+        r.record(&Outcome {
+            result: Ok(400),
+            ..ok(1, 1)
+        });
+        r.record(&Outcome {
+            result: Err(TransportError::Timeout),
+            ..ok(1, 1)
+        });
+        r.record(&Outcome {
+            result: Ok(204),
+            valid: false,
+            ..ok(1, 1)
+        });
         r.active = Duration::from_secs(2);
         let s = r.summary();
         assert_eq!(s.sent, 1004);
@@ -328,7 +380,10 @@ mod tests {
         let mut b = Recorder::default();
         a.record(&ok(1, 0));
         b.record(&ok(3, 1));
-        b.record(&Outcome { result: Err(TransportError::Connect), ..ok(1, 1) });
+        b.record(&Outcome {
+            result: Err(TransportError::Connect),
+            ..ok(1, 1)
+        });
         a.active = Duration::from_secs(1);
         b.active = Duration::from_secs(1);
         a.merge(b);

@@ -31,7 +31,13 @@ pub struct Observed {
 
 impl Observed {
     pub fn first(ts_ms: i64) -> Self {
-        Observed { count: 1, first_ts_ms: ts_ms, corrupted: false, ip_mismatch: false, ua_mismatch: false }
+        Observed {
+            count: 1,
+            first_ts_ms: ts_ms,
+            corrupted: false,
+            ip_mismatch: false,
+            ua_mismatch: false,
+        }
     }
 }
 
@@ -89,7 +95,7 @@ pub fn match_ids(expected: &[Expected], observed: &HashMap<u64, Observed>) -> Ma
                 m.ip_mismatch += u64::from(o.ip_mismatch);
                 m.ua_mismatch += u64::from(o.ua_mismatch);
                 let e2e_us = o.first_ts_ms * 1000 - e.sched_unix_us;
-                hist.saturating_record(e2e_us.max(0) as u64);
+                crate::stats::record(&mut hist, e2e_us.max(0) as u64);
             }
         }
     }
@@ -105,8 +111,12 @@ mod tests {
 
     #[test]
     fn counts_delivered_lost_duplicated() {
-        let expected: Vec<Expected> =
-            (0..10).map(|n| Expected { n, sched_unix_us: 1_000_000_000 + n as i64 * 1000 }).collect();
+        let expected: Vec<Expected> = (0..10)
+            .map(|n| Expected {
+                n,
+                sched_unix_us: 1_000_000_000 + n as i64 * 1000,
+            })
+            .collect();
         let mut observed = HashMap::new();
         for n in 0..8u64 {
             // arrives 5 ms after it was scheduled
@@ -128,14 +138,21 @@ mod tests {
         assert_eq!(m.ua_mismatch, 0);
         assert_eq!(m.unacknowledged_delivered, 1);
         assert_eq!(m.e2e_latency_ms.count, 8);
-        assert!((m.e2e_latency_ms.p50 - 5.0).abs() < 0.01, "{:?}", m.e2e_latency_ms);
+        assert!(
+            (m.e2e_latency_ms.p50 - 5.0).abs() < 0.01,
+            "{:?}",
+            m.e2e_latency_ms
+        );
         assert!((m.e2e_latency_ms.max - 5.0).abs() < 0.01);
     }
 
     #[test]
     fn nothing_expected_nothing_lost() {
         let m = match_ids(&[], &HashMap::new());
-        assert_eq!((m.expected, m.delivered, m.lost, m.duplicated), (0, 0, 0, 0));
+        assert_eq!(
+            (m.expected, m.delivered, m.lost, m.duplicated),
+            (0, 0, 0, 0)
+        );
         assert_eq!(m.e2e_latency_ms.count, 0);
     }
 }

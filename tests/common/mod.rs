@@ -1,0 +1,293 @@
+//! Shared helpers for the end-to-end tests: the broker, topics, a raw HTTP
+//! client, a running service, and a consumer that reads a topic back.
+//!
+//! Broker: `BEACOND_TEST_BROKERS` (e.g. `127.0.0.1:19092`, from
+//! `scripts/dev-broker start`, or any real Kafka). Unset, the tests that need
+//! a broker print a notice and pass, unless `BEACOND_REQUIRE_BROKER=1` (set by
+//! `scripts/test`), in which case they fail.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use beacond::config::Config;
+use beacond::service::Service;
+
+/// The broker to test against, or `None` (after saying why) to skip.
+pub fn broker() -> Option<String> {
+    match std::env::var("BEACOND_TEST_BROKERS") {
+        Ok(b) if !b.trim().is_empty() => Some(b),
+        _ => {
+            if std::env::var("BEACOND_REQUIRE_BROKER").as_deref() == Ok("1") {
+                panic!("BEACOND_REQUIRE_BROKER=1 but BEACOND_TEST_BROKERS is unset");
+            }
+            eprintln!("skipped: set BEACOND_TEST_BROKERS (scripts/dev-broker start prints it)");
+            None
+        }
+    }
+}
+
+/// A topic name no other test uses.
+pub fn unique_topic(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{}-{}", std::process::id(), nanos % 1_000_000_000, N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics([&new], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .await
+        .expect("create_topics");
+    for r in results {
+        if let Err((name, code)) = r {
+            panic!("cannot create topic {name}: {code}");
+        }
+    }
+}
+
+/// A config for tests: loopback listeners on free ports, the given broker.
+pub fn test_config(brokers: &str, topic: &str) -> Config {
+    let mut c = Config::default();
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.admin.listen = "127.0.0.1:0".parse().unwrap();
+    c.output.hostname = Some("test-host".into());
+    c.kafka.brokers = brokers.into();
+    c.kafka.topic = topic.into();
+    c.kafka
+        .properties
+        .insert("linger.ms".into(), beacond::config::PropertyValue::Text("1".into()));
+    c.shutdown.flush_timeout_seconds = 10;
+    c
+}
+
+/// A service running on the test runtime.
+pub struct Running {
+    pub beacon: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub async fn start(config: Config) -> Running {
+        let service = Service::bind(config).await.expect("service binds");
+        let (beacon, admin) = (service.beacon_addr(), service.admin_addr());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            service
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("service runs");
+        });
+        Running {
+            beacon,
+            admin,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// Shuts down (drain, flush) and waits for the end.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("service stops within 30 s")
+            .expect("service task did not panic");
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = get(self.admin, "/readyz", &[]).await;
+            if r.status == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not ready after 20 s: {}", r.body_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> Metrics {
+        Metrics::parse(&get(self.admin, "/metrics", &[]).await.body_text())
+    }
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends raw bytes on a new connection and reads one response.
+pub async fn raw_request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(raw).await?;
+    read_response(&mut s).await
+}
+
+/// Reads one response (headers, then a Content-Length body) from a stream.
+pub async fn read_response(s: &mut TcpStream) -> std::io::Result<HttpResponse> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no response"))??;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < len {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(len);
+    Ok(HttpResponse { status, headers, body })
+}
+
+/// One request on a new connection, `Connection: close`.
+pub async fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    let mut raw = format!("{method} {target} HTTP/1.1\r\nHost: beacon.test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        raw.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method == "POST" {
+        raw.push_str("Content-Length: 0\r\n");
+    }
+    raw.push_str("\r\n");
+    raw_request(addr, raw.as_bytes()).await.expect("request answered")
+}
+
+pub async fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    request(addr, "GET", target, headers).await
+}
+
+/// Prometheus text parsed into `name{labels}` -> value.
+#[derive(Debug)]
+pub struct Metrics(pub HashMap<String, f64>);
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        Metrics(
+            text.lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .filter_map(|l| l.rsplit_once(' '))
+                .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
+                .collect(),
+        )
+    }
+    pub fn get(&self, key: &str) -> f64 {
+        self.0.get(key).copied().unwrap_or(0.0)
+    }
+}
+
+/// A message read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub payload: Vec<u8>,
+    pub key: Option<Vec<u8>>,
+    pub partition: i32,
+}
+
+/// Reads a topic from the beginning (all partitions, assigned directly: a
+/// group join is slow on tansu) until `expected` messages arrived, then
+/// keeps reading for `linger` to catch any extra.
+pub fn consume(brokers: &str, topic: &str, expected: usize, timeout: Duration, linger: Duration) -> Vec<Received> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("beacond-test-{}", unique_topic("g")))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut linger_until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now > deadline || linger_until.is_some_and(|l| now > l) {
+            break;
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(Received {
+                payload: m.payload().unwrap_or_default().to_vec(),
+                key: m.key().map(<[u8]>::to_vec),
+                partition: m.partition(),
+            });
+        }
+        if out.len() >= expected && linger_until.is_none() {
+            linger_until = Some(Instant::now() + linger);
+        }
+    }
+    out
+}

@@ -1,0 +1,163 @@
+//! Hostile input over real sockets: the service answers with a 4xx or closes
+//! the connection, never panics, and keeps serving. No broker is needed: the
+//! producer points at a closed port and simply queues.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+async fn start_without_broker() -> Running {
+    // Port 9 (discard) on loopback: nothing listens there.
+    let mut config = test_config("127.0.0.1:9", "unreachable");
+    config.http.max_query_bytes = 8192;
+    // Nothing can be delivered: don't wait for it at shutdown.
+    config.shutdown.flush_timeout_seconds = 0;
+    Running::start(config).await
+}
+
+/// The service still answers a valid beacon and its admin endpoints.
+async fn assert_still_serving(svc: &Running) {
+    let r = get(svc.beacon, "/beacon/event?%7B%22ok%22%3Atrue%7D;", &[]).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(get(svc.admin, "/healthz", &[]).await.status, 200);
+    let m = svc.metrics().await;
+    assert!(m.get("beacond_beacons_accepted_total") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_queries_and_headers_are_refused() {
+    let svc = start_without_broker().await;
+    // Over max_query_bytes but within hyper's buffer: our 414.
+    let q = "%7B%22a%22%3A%22".to_string() + &"x".repeat(9000) + "%22%7D";
+    assert_eq!(get(svc.beacon, &format!("/beacon/event?{q}"), &[]).await.status, 414);
+    // Far beyond any buffer: hyper refuses the head (414 or 431) or closes.
+    let q = "x".repeat(1 << 20);
+    let raw = format!("GET /beacon/event?{q} HTTP/1.1\r\nHost: x\r\n\r\n");
+    if let Ok(r) = raw_request(svc.beacon, raw.as_bytes()).await {
+        assert!(matches!(r.status, 414 | 431 | 400), "status {}", r.status);
+    }
+    // A huge header.
+    let raw = format!(
+        "GET /beacon/event?%7B%7D HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "y".repeat(200_000)
+    );
+    if let Ok(r) = raw_request(svc.beacon, raw.as_bytes()).await {
+        assert!(matches!(r.status, 431 | 400), "status {}", r.status);
+    }
+    // A user agent over max_user_agent_bytes.
+    let ua = "u".repeat(3000);
+    let r = get(svc.beacon, "/beacon/event?%7B%7D", &[("User-Agent", &ua)]).await;
+    assert_eq!(r.status, 431);
+    // A POST body over max_body_bytes, declared and chunked.
+    let raw = format!(
+        "POST /beacon/event?%7B%7D HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        1 << 20
+    );
+    let r = raw_request(svc.beacon, raw.as_bytes()).await.expect("answered");
+    assert_eq!(r.status, 413);
+    let mut raw = b"POST /beacon/event?%7B%7D HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..20 {
+        raw.extend_from_slice(format!("1000\r\n{}\r\n", "z".repeat(0x1000)).as_bytes());
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let r = raw_request(svc.beacon, &raw).await.expect("answered");
+    assert_eq!(r.status, 413);
+    // A small body is read and ignored: still a beacon.
+    let raw = b"POST /beacon/event?%7B%7D HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+    assert_eq!(raw_request(svc.beacon, raw).await.expect("answered").status, 204);
+    assert_still_serving(&svc).await;
+    let m = svc.metrics().await;
+    assert_eq!(m.get("beacond_beacons_rejected_total{reason=\"body_too_large\"}"), 2.0);
+    assert_eq!(m.get("beacond_beacons_rejected_total{reason=\"user_agent_too_long\"}"), 1.0);
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_json_nesting_is_refused() {
+    let svc = start_without_broker().await;
+    let deep = format!("%7B%22a%22%3A{}", "%5B".repeat(2500));
+    let r = get(svc.beacon, &format!("/beacon/event?{deep}"), &[]).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body_text(), "query string JSON nested too deeply\n");
+    let deep_objects = "%7B%22a%22%3A".repeat(500) + "1" + &"%7D".repeat(500);
+    assert_eq!(get(svc.beacon, &format!("/beacon/event?{deep_objects}"), &[]).await.status, 400);
+    assert_still_serving(&svc).await;
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_bytes_on_the_socket() {
+    let svc = start_without_broker().await;
+    // A fixed set of nasty inputs, then pseudo-random bytes.
+    let mut inputs: Vec<Vec<u8>> = vec![
+        b"\x00\x01\x02\xff\xfe\r\n\r\n".to_vec(),
+        b"GET /beacon/event?%7B%7D HTTP/9.9\r\n\r\n".to_vec(),
+        b"GET /beacon/event?\x7f\x00 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"GET /beacon/event?%7B%7D HTTP/1.1\r\nHost: x\r\nUser-Agent: a\xffb\r\n\r\n".to_vec(),
+        b"GET /beacon/event?%7B%7D HTTP/1.1\r\nContent-Length: -1\r\n\r\n".to_vec(),
+        b"GET /beacon/event?%7B%7D HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec(),
+        b"POST /beacon/event?%7B%7D HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+        b"\r\n\r\n\r\n\r\n".to_vec(),
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+        vec![b'A'; 100_000],
+    ];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..200 {
+        let len = 1 + (i * 37) % 600;
+        let mut bytes = Vec::with_capacity(len);
+        for _ in 0..len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            bytes.push((x >> 24) as u8);
+        }
+        if i % 2 == 0 {
+            // Half of them look like a request line first.
+            let mut v = b"GET /beacon/event?".to_vec();
+            v.extend_from_slice(&bytes);
+            bytes = v;
+        }
+        inputs.push(bytes);
+    }
+    for input in inputs {
+        let Ok(mut s) = TcpStream::connect(svc.beacon).await else {
+            panic!("listener stopped accepting");
+        };
+        let _ = s.write_all(&input).await;
+        let _ = s.shutdown().await;
+        // Either an answer or a close; never a hang past the read timeout.
+        let _ = tokio::time::timeout(Duration::from_secs(5), read_response(&mut s)).await;
+    }
+    assert_still_serving(&svc).await;
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_false_without_a_broker() {
+    let svc = start_without_broker().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = get(svc.admin, "/readyz", &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(get(svc.admin, "/healthz", &[]).await.status, 200);
+    assert_eq!(svc.metrics().await.get("beacond_kafka_broker_reachable"), 0.0);
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_serves_many_requests_on_one_connection() {
+    let svc = start_without_broker().await;
+    let mut s = TcpStream::connect(svc.beacon).await.unwrap();
+    for i in 0..50 {
+        let req = format!("GET /beacon/event?%7B%22i%22%3A{i}%7D; HTTP/1.1\r\nHost: x\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let r = read_response(&mut s).await.unwrap();
+        assert_eq!(r.status, 204);
+    }
+    let m = svc.metrics().await;
+    assert_eq!(m.get("beacond_connections_accepted_total"), 1.0);
+    svc.stop().await;
+}
