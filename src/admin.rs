@@ -38,8 +38,17 @@ impl Readiness {
         self.draining.store(true, Ordering::Relaxed);
     }
 
+    /// Ready while beacons can be accepted without loss: not draining, not
+    /// shedding (spool full), and either the broker answers or the spool has
+    /// room.
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.sink.broker_reachable()
+        if self.draining.load(Ordering::Relaxed) {
+            return false;
+        }
+        match self.sink.spool() {
+            Some(spool) => !spool.is_full(),
+            None => self.sink.broker_reachable(),
+        }
     }
 }
 
@@ -64,6 +73,9 @@ pub fn handle<B>(
         "/readyz" if readiness.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" if readiness.draining.load(Ordering::Relaxed) => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        }
+        "/readyz" if readiness.sink.spool().is_some() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "shedding: spool full\n")
         }
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "broker unreachable\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

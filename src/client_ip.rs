@@ -46,15 +46,18 @@ impl ClientIpResolver {
         let mut hop = peer;
         // Later header lines are appended by later proxies: walk them last first.
         for value in headers.get_all(&self.header).iter().rev() {
-            let Ok(value) = value.to_str() else {
-                return hop;
-            };
-            for entry in value.rsplit(',') {
-                let entry = entry.trim();
+            // Bytes, not `to_str`: a byte that is not visible ASCII in an
+            // entry the client wrote must not hide the entries our proxies
+            // appended to its right on the same line.
+            for entry in value.as_bytes().rsplit(|b| *b == b',') {
+                let entry = entry.trim_ascii();
                 if entry.is_empty() {
                     continue;
                 }
-                let Some(ip) = parse_forwarded_entry(entry) else {
+                let parsed = std::str::from_utf8(entry)
+                    .ok()
+                    .and_then(parse_forwarded_entry);
+                let Some(ip) = parsed else {
                     // Garbage in the chain: nothing left of it can be verified.
                     return hop;
                 };
@@ -207,6 +210,25 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(XFF, HeaderValue::from_bytes(b"1.2.3.4\xff").unwrap());
         assert_eq!(r.resolve(ip("10.0.0.1"), &h), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn non_ascii_client_entry_does_not_hide_the_proxy_appended_one() {
+        // Found by the client_ip fuzz target: the client writes a non-ASCII
+        // byte, the proxy appends the real address to the same line.
+        let r = resolver(&["10.0.0.0/8"], XFF);
+        let mut h = HeaderMap::new();
+        h.append(
+            XFF,
+            HeaderValue::from_bytes("\u{7cb}, 6.6.6.6, 203.0.113.9, 10.0.0.2".as_bytes()).unwrap(),
+        );
+        assert_eq!(r.resolve(ip("10.0.0.1"), &h), ip("203.0.113.9"));
+        let mut h = HeaderMap::new();
+        h.append(
+            XFF,
+            HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.9").unwrap(),
+        );
+        assert_eq!(r.resolve(ip("10.0.0.1"), &h), ip("203.0.113.9"));
     }
 
     #[test]

@@ -42,7 +42,11 @@ pub struct Config {
     pub client_ip: ClientIpConfig,
     pub output: OutputConfig,
     pub kafka: KafkaConfig,
+    pub spool: SpoolConfig,
     pub shutdown: ShutdownConfig,
+    pub rate_limit: RateLimitConfig,
+    pub filter: FilterConfig,
+    pub privacy: PrivacyConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +58,12 @@ pub struct HttpConfig {
     pub max_user_agent_bytes: usize,
     pub max_body_bytes: usize,
     pub header_read_timeout_ms: u64,
+    /// Open beacon connections at most; beyond, new ones are closed at once.
+    pub max_connections: usize,
+    /// Header lines per request at most; more gets 431.
+    pub max_headers: usize,
+    /// Expect a PROXY protocol (v1 or v2) header from trusted proxies.
+    pub proxy_protocol: bool,
 }
 
 impl Default for HttpConfig {
@@ -65,6 +75,9 @@ impl Default for HttpConfig {
             max_user_agent_bytes: 2048,
             max_body_bytes: 65536,
             header_read_timeout_ms: 30_000,
+            max_connections: 10_000,
+            max_headers: 100,
+            proxy_protocol: false,
         }
     }
 }
@@ -184,15 +197,109 @@ const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
+    pub drain_seconds: u64,
     pub flush_timeout_seconds: u64,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
+            drain_seconds: 5,
             flush_timeout_seconds: 30,
         }
     }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub enabled: bool,
+    pub dir: std::path::PathBuf,
+    pub mode: crate::spool::SpoolMode,
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+    pub fsync_interval_ms: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: "/var/lib/beacond/spool".into(),
+            mode: crate::spool::SpoolMode::Overflow,
+            max_bytes: 1 << 30,
+            segment_bytes: 64 << 20,
+            fsync_interval_ms: 100,
+        }
+    }
+}
+
+impl SpoolConfig {
+    /// The spool's settings, when it is enabled.
+    pub fn settings(&self) -> Option<crate::spool::SpoolSettings> {
+        self.enabled.then(|| crate::spool::SpoolSettings {
+            dir: self.dir.clone(),
+            mode: self.mode,
+            max_bytes: self.max_bytes,
+            segment_bytes: self.segment_bytes,
+            fsync_interval: std::time::Duration::from_millis(self.fsync_interval_ms),
+        })
+    }
+}
+
+/// What a client over a rate limit gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum RateLimitExceeded {
+    /// 429 Too Many Requests with `Retry-After`.
+    #[default]
+    #[serde(rename = "429")]
+    TooManyRequests,
+    /// 204, the beacon silently dropped (the client does not retry).
+    #[serde(rename = "204")]
+    SilentDrop,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Beacons per second for the whole process; 0: no global limit.
+    pub global_per_second: u32,
+    /// Beacons per second per client (IPv4 address, IPv6 /64); 0: no limit.
+    pub per_client_per_second: u32,
+    /// Beacons a client may send at once; 0: `per_client_per_second`.
+    pub per_client_burst: u32,
+    /// Clients (CIDRs) never limited.
+    pub exempt: Vec<IpNet>,
+    pub exceeded: RateLimitExceeded,
+    /// Clients the per-client limiter holds at most.
+    pub max_keys: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            global_per_second: 0,
+            per_client_per_second: 0,
+            per_client_burst: 0,
+            exempt: Vec::new(),
+            exceeded: RateLimitExceeded::TooManyRequests,
+            max_keys: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterConfig {
+    /// Regexes; a beacon whose user agent matches one is dropped (204).
+    pub user_agent_exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// Write only the /24 (IPv4) or /48 (IPv6) of the client address.
+    pub anonymize_ip: bool,
 }
 
 impl Config {
@@ -239,6 +346,27 @@ impl Config {
             key,
             message,
         };
+        let spool = &self.spool;
+        if spool.enabled {
+            if spool.dir.as_os_str().is_empty() {
+                return Err(invalid(
+                    "spool.dir",
+                    "must name a directory (or set spool.enabled = false)".into(),
+                ));
+            }
+            if !(4096..=1 << 30).contains(&spool.segment_bytes) {
+                return Err(invalid(
+                    "spool.segment_bytes",
+                    "must be between 4096 and 1073741824".into(),
+                ));
+            }
+            if spool.max_bytes < 2 * spool.segment_bytes {
+                return Err(invalid(
+                    "spool.max_bytes",
+                    "must be at least twice spool.segment_bytes".into(),
+                ));
+            }
+        }
         let http = &self.http;
         if http.routes.is_empty() {
             return Err(invalid(
@@ -278,6 +406,27 @@ impl Config {
                 "must be above 0".into(),
             ));
         }
+        if http.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be above 0".into()));
+        }
+        if !(1..=1024).contains(&http.max_headers) {
+            return Err(invalid(
+                "http.max_headers",
+                "must be between 1 and 1024".into(),
+            ));
+        }
+        if http.proxy_protocol && self.client_ip.trusted_proxies.is_empty() {
+            return Err(invalid(
+                "http.proxy_protocol",
+                "needs client_ip.trusted_proxies: the load balancers allowed to send the header"
+                    .into(),
+            ));
+        }
+        if self.rate_limit.max_keys == 0 {
+            return Err(invalid("rate_limit.max_keys", "must be above 0".into()));
+        }
+        crate::filter::compile_user_agent_exclude(&self.filter.user_agent_exclude)
+            .map_err(|m| invalid("filter.user_agent_exclude", m))?;
         if http.listen == self.admin.listen && http.listen.port() != 0 {
             return Err(invalid(
                 "admin.listen",
@@ -503,6 +652,42 @@ mod tests {
             .insert("message.max.bytes".into(), PropertyValue::Integer(10_000));
         let msg = c.check_message_size().unwrap_err().to_string();
         assert!(msg.contains("message.max.bytes"), "{msg}");
+    }
+
+    #[test]
+    fn edge_keys_parse_and_are_validated() {
+        let c = Config::parse(
+            "[rate_limit]\nper_client_per_second = 10\nexceeded = \"204\"\nexempt = [\"10.0.0.0/8\"]\n\
+             [filter]\nuser_agent_exclude = [\"^Fuzz Faster U Fool\"]\n\
+             [privacy]\nanonymize_ip = true\n\
+             [client_ip]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+             [http]\nproxy_protocol = true\nmax_headers = 50\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(c.rate_limit.exceeded, RateLimitExceeded::SilentDrop);
+        assert_eq!(c.rate_limit.per_client_per_second, 10);
+        assert!(c.privacy.anonymize_ip && c.http.proxy_protocol);
+        let msg = Config::parse("[filter]\nuser_agent_exclude = [\"(unclosed\"]\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("filter.user_agent_exclude"), "{msg}");
+        let msg = Config::parse("[http]\nproxy_protocol = true\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("client_ip.trusted_proxies"), "{msg}");
+        let msg = Config::parse("[rate_limit]\nexceeded = \"503\"\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("rate_limit.exceeded"), "{msg}");
+        for (text, key) in [
+            ("[http]\nmax_connections = 0\n", "http.max_connections"),
+            ("[http]\nmax_headers = 0\n", "http.max_headers"),
+            ("[rate_limit]\nmax_keys = 0\n", "rate_limit.max_keys"),
+        ] {
+            let msg = Config::parse(text, "f").unwrap_err().to_string();
+            assert!(msg.contains(key), "{msg}");
+        }
     }
 
     #[test]

@@ -24,22 +24,42 @@ use hyper::body::Body;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 use crate::client_ip::ClientIpResolver;
+use crate::config::RateLimitExceeded;
 use crate::config::{Config, Partitioning};
 use crate::decode::{decode_beacon, RejectReason};
+use crate::filter::BeaconFilter;
 use crate::format::{write_error_record, OutputFormat};
 use crate::meta::{BeaconMeta, ReceiveTime, SequenceCounter};
 use crate::metrics::Metrics;
-use crate::sink::{BeaconSink, EnqueueError};
+use crate::rate_limit::ClientRateLimiter;
+use crate::sink::{BeaconSink, EnqueueError, Enqueued};
+use crate::spool::{AppendReply, SpoolError};
 
 /// What became of a beacon.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Outcome {
     /// In the sink; answered 204.
     Accepted,
+    /// On its way to the spool; answered 204 once written, 503 if refused.
+    Spooling(AppendReply),
     /// Malformed; answered 4xx.
     Rejected(RejectReason),
     /// Valid, but the sink could not take it; answered 503.
     Refused(EnqueueError),
+    /// Over a rate limit (`rate_limit.exceeded = "429"`); answered 429 with
+    /// `Retry-After` in seconds.
+    RateLimited { retry_after_secs: u64 },
+    /// Dropped on purpose, not decoded; answered 204 all the same.
+    Dropped(DropReason),
+}
+
+/// Why a beacon was dropped with a 204.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Over a rate limit, with `rate_limit.exceeded = "204"`.
+    RateLimited,
+    /// The user agent matched `filter.user_agent_exclude`.
+    UserAgentExcluded,
 }
 
 /// The request limits of the beacon endpoint.
@@ -61,6 +81,9 @@ pub struct Intake<S> {
     seq: SequenceCounter,
     sink: Arc<S>,
     metrics: Arc<Metrics>,
+    rate_limiter: ClientRateLimiter,
+    rate_limit_exceeded: RateLimitExceeded,
+    filter: BeaconFilter,
 }
 
 /// Per-thread scratch space, reused by every beacon handled on the thread.
@@ -104,6 +127,17 @@ impl<S: BeaconSink> Intake<S> {
                 .into(),
             seq: SequenceCounter::default(),
             sink,
+            rate_limiter: {
+                let limiter = ClientRateLimiter::new(
+                    &config.rate_limit,
+                    metrics.edge.rate_limit_keys.clone(),
+                    metrics.edge.rate_limit_key_overflow.clone(),
+                );
+                limiter.spawn_housekeeping();
+                limiter
+            },
+            rate_limit_exceeded: config.rate_limit.exceeded,
+            filter: BeaconFilter::new(&config.filter, &config.privacy),
             metrics,
         }
     }
@@ -147,6 +181,10 @@ impl<S: BeaconSink> Intake<S> {
             peer.ip(),
             ReceiveTime::now(),
         );
+        let outcome = match outcome {
+            Outcome::Spooling(reply) => self.spooled(reply).await,
+            other => other,
+        };
         match outcome {
             Outcome::Accepted => {
                 let mut r = Response::new(Full::new(Bytes::new()));
@@ -154,10 +192,21 @@ impl<S: BeaconSink> Intake<S> {
                 r
             }
             Outcome::Rejected(reason) => self.reject_response(reason),
-            Outcome::Refused(_) => {
+            Outcome::Refused(_) | Outcome::Spooling(_) => {
                 let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "overloaded, retry later\n");
                 r.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                r
+            }
+            Outcome::RateLimited { retry_after_secs } => {
+                let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
+                r.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                r
+            }
+            Outcome::Dropped(_) => {
+                let mut r = Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = StatusCode::NO_CONTENT;
                 r
             }
         }
@@ -208,6 +257,22 @@ impl<S: BeaconSink> Intake<S> {
         let user_agent = headers
             .get(USER_AGENT)
             .map_or(&b""[..], HeaderValue::as_bytes);
+        // Edge protection: limits on the real address, then filters; what
+        // is written keeps only the network part when anonymizing.
+        if let Err(limited) = self.rate_limiter.check(client_ip) {
+            self.metrics.edge.count_rate_limited(limited.limit);
+            return match self.rate_limit_exceeded {
+                RateLimitExceeded::TooManyRequests => Outcome::RateLimited {
+                    retry_after_secs: limited.retry_after_secs(),
+                },
+                RateLimitExceeded::SilentDrop => Outcome::Dropped(DropReason::RateLimited),
+            };
+        }
+        if self.filter.excludes_user_agent(user_agent) {
+            self.metrics.edge.filtered_user_agent.inc();
+            return Outcome::Dropped(DropReason::UserAgentExcluded);
+        }
+        let client_ip = self.filter.output_ip(client_ip);
         let mut meta = BeaconMeta {
             received,
             seq: None,
@@ -254,15 +319,31 @@ impl<S: BeaconSink> Intake<S> {
             Partitioning::ClientIp => Some(ip_text(meta.client_ip, &mut key_buf)),
         };
         match self.sink.enqueue(&scratch.line, key) {
-            Ok(()) => {
+            Ok(Enqueued::Queued) => {
                 self.metrics.accepted.inc();
                 Outcome::Accepted
             }
-            Err(e) => {
-                self.metrics.refused_queue_full.inc();
-                Outcome::Refused(e)
-            }
+            Ok(Enqueued::Spooling(reply)) => Outcome::Spooling(reply),
+            Err(e) => self.refuse(e),
         }
+    }
+
+    /// Waits for the spool to confirm the write (the spool thread's group
+    /// commit; no I/O here) before the beacon counts as accepted.
+    async fn spooled(&self, reply: AppendReply) -> Outcome {
+        match reply.await {
+            Ok(Ok(())) => {
+                self.metrics.accepted.inc();
+                Outcome::Accepted
+            }
+            Ok(Err(e)) => self.refuse(e.into()),
+            Err(_) => self.refuse(SpoolError::Closed.into()),
+        }
+    }
+
+    fn refuse(&self, e: EnqueueError) -> Outcome {
+        self.metrics.count_refused(&e);
+        Outcome::Refused(e)
     }
 
     fn reject(

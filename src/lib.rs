@@ -7,6 +7,8 @@
 //! - [`intake`]: the beacon endpoint; routes, methods, status codes.
 //! - [`decode`]: the query string to validated JSON text.
 //! - [`client_ip`] and [`meta`]: client address, time, host, sequence, user agent.
+//! - [`proxy_protocol`], [`rate_limit`] and [`filter`]: edge protection: the
+//!   PROXY header, per-client and global limits, user-agent filter, IP anonymization.
 //! - [`format`]: the Kafka message bytes (`varnishkafka` or `json`).
 //! - [`sink`]: the hand-off to Kafka (rdkafka), delivery reports, flush.
 //! - [`metrics`] and [`admin`]: what operators see.
@@ -17,10 +19,14 @@ pub mod admin;
 pub mod client_ip;
 pub mod config;
 pub mod decode;
+pub mod filter;
 pub mod format;
 pub mod intake;
 pub mod listener;
 pub mod meta;
 pub mod metrics;
+pub mod proxy_protocol;
+pub mod rate_limit;
 pub mod service;
 pub mod sink;
+pub mod spool;

@@ -47,25 +47,45 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(async {
         let service = Service::bind(config).await?;
-        service.run(shutdown_signal()).await?;
+        let (shutdown, hurry) = shutdown_signals();
+        service.run_until(shutdown, hurry).await?;
         anyhow::Ok(())
     })?;
     tracing::info!("beacond stopped");
     Ok(())
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Two futures: the first resolves on the first SIGTERM or SIGINT (start the
+/// graceful shutdown), the second on the next one (cut the drain short).
+fn shutdown_signals() -> (
+    impl std::future::Future<Output = ()>,
+    impl std::future::Future<Output = ()>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let (second_tx, second_rx) = tokio::sync::oneshot::channel::<()>();
+    match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::spawn(async move {
+                for tx in [first_tx, second_tx] {
+                    tokio::select! {
+                        _ = term.recv() => tracing::info!("SIGTERM received"),
+                        _ = int.recv() => tracing::info!("SIGINT received"),
+                    }
+                    let _ = tx.send(());
+                }
+            });
+        }
+        _ => tracing::error!("cannot install signal handlers; stop with SIGKILL"),
     }
+    let wait = |rx: tokio::sync::oneshot::Receiver<()>| async move {
+        // A dropped sender (no handlers) means: never.
+        if rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    (wait(first_rx), wait(second_rx))
 }

@@ -63,15 +63,124 @@ pub struct TopicCounters {
     pub enqueue_failed: Counter,
 }
 
+/// The disk spool's metrics (`beacond_spool_*`).
+#[derive(Clone, Debug)]
+pub struct SpoolMetrics {
+    /// Bytes of segment files on disk.
+    pub bytes: Gauge,
+    /// Records not yet acknowledged by Kafka.
+    pub records: Gauge,
+    pub segments: Gauge,
+    pub appended: Counter,
+    /// Records handed from the spool to the producer (retries included).
+    pub replayed: Counter,
+    /// Appends refused because the spool was full (answered 503).
+    pub refused_full: Counter,
+    /// Lines answered 204 whose delivery failed while the spool was full: lost.
+    pub dropped_full: Counter,
+    /// Spooled lines dropped after a permanent delivery failure.
+    pub dropped_permanent: Counter,
+    /// Segments found damaged (torn or corrupt tail, bad header).
+    pub corrupt_segments: Counter,
+    /// Bytes after the damage in damaged segments.
+    pub corrupt_bytes: Counter,
+    pub oldest_record_age_seconds: Gauge,
+}
+
+impl SpoolMetrics {
+    fn new(registry: &mut Registry) -> Self {
+        let dropped = Family::<ReasonLabels, Counter>::default();
+        // One statement per lookup: get_or_create's guard lives to the end of
+        // its statement, and a second lookup in it would deadlock.
+        let dropped_full = dropped
+            .get_or_create(&ReasonLabels {
+                reason: "spool_full",
+            })
+            .clone();
+        let dropped_permanent = dropped
+            .get_or_create(&ReasonLabels {
+                reason: "permanent_delivery_failure",
+            })
+            .clone();
+        let this = SpoolMetrics {
+            bytes: Gauge::default(),
+            records: Gauge::default(),
+            segments: Gauge::default(),
+            appended: Counter::default(),
+            replayed: Counter::default(),
+            refused_full: Counter::default(),
+            dropped_full,
+            dropped_permanent,
+            corrupt_segments: Counter::default(),
+            corrupt_bytes: Counter::default(),
+            oldest_record_age_seconds: Gauge::default(),
+        };
+        this.register(registry, dropped);
+        this
+    }
+
+    fn register(&self, registry: &mut Registry, dropped: Family<ReasonLabels, Counter>) {
+        let r = registry.sub_registry_with_prefix("spool");
+        r.register(
+            "bytes",
+            "Bytes of spool segment files on disk",
+            self.bytes.clone(),
+        );
+        r.register(
+            "records",
+            "Spooled records not yet acknowledged by Kafka",
+            self.records.clone(),
+        );
+        r.register("segments", "Spool segment files", self.segments.clone());
+        r.register(
+            "appended",
+            "Records appended to the spool",
+            self.appended.clone(),
+        );
+        r.register(
+            "replayed",
+            "Records sent from the spool to Kafka (retries included)",
+            self.replayed.clone(),
+        );
+        r.register(
+            "refused_full",
+            "Appends refused because the spool was full (503)",
+            self.refused_full.clone(),
+        );
+        r.register(
+            "dropped",
+            "Spooled or undelivered lines dropped, by reason",
+            dropped,
+        );
+        r.register(
+            "corrupt_segments",
+            "Spool segments found damaged",
+            self.corrupt_segments.clone(),
+        );
+        r.register(
+            "corrupt_bytes",
+            "Bytes lost after damage in spool segments",
+            self.corrupt_bytes.clone(),
+        );
+        r.register(
+            "oldest_record_age_seconds",
+            "Age of the oldest unacknowledged spooled record",
+            self.oldest_record_age_seconds.clone(),
+        );
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub spool: SpoolMetrics,
+    pub edge: EdgeMetrics,
     requests: Family<StatusLabels, Counter>,
     requests_204: Counter,
     rejected: Vec<Counter>,
     /// Valid beacons handed to the producer and answered 204.
     pub accepted: Counter,
-    /// Valid beacons answered 503 because the producer's queue was full.
-    pub refused_queue_full: Counter,
+    /// Valid beacons answered 503, by [`crate::sink::EnqueueError::reason`].
+    refused: Vec<(&'static str, Counter)>,
     pub main_topic: TopicCounters,
     pub error_topic: TopicCounters,
     /// Messages in the producer's queue or in flight to the broker.
@@ -137,11 +246,15 @@ impl Metrics {
             "Valid beacons answered 503 (not accepted), by reason",
             refused.clone(),
         );
-        let refused_queue_full = refused
-            .get_or_create(&ReasonLabels {
-                reason: "producer_queue_full",
+        let refused = crate::sink::EnqueueError::REASONS
+            .iter()
+            .map(|&reason| {
+                (
+                    reason,
+                    refused.get_or_create(&ReasonLabels { reason }).clone(),
+                )
             })
-            .clone();
+            .collect();
 
         let topic_family = |registry: &mut Registry, name: &str, help: &str| {
             let family = Family::<TopicLabels, Counter>::default();
@@ -211,13 +324,18 @@ impl Metrics {
             connection_errors.clone(),
         );
 
+        let spool = SpoolMetrics::new(&mut registry);
+        let edge = EdgeMetrics::new(&mut registry);
+
         Self {
             registry,
+            spool,
+            edge,
             requests,
             requests_204,
             rejected,
             accepted,
-            refused_queue_full,
+            refused,
             main_topic,
             error_topic,
             producer_queue_depth,
@@ -238,6 +356,14 @@ impl Metrics {
                     status: status.as_u16(),
                 })
                 .inc();
+        }
+    }
+
+    /// Counts a valid beacon answered 503.
+    pub fn count_refused(&self, error: &crate::sink::EnqueueError) {
+        let reason = error.reason();
+        if let Some((_, c)) = self.refused.iter().find(|(r, _)| *r == reason) {
+            c.inc();
         }
     }
 
@@ -264,6 +390,118 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Edge protection metrics: rate limits, filters, refused connections.
+#[derive(Clone, Debug)]
+pub struct EdgeMetrics {
+    rate_limited: Vec<Counter>,
+    /// Clients held by the per-client rate limiter (bounded by `rate_limit.max_keys`).
+    pub rate_limit_keys: Gauge,
+    /// Checks of new clients that found the limiter full and shared its
+    /// overflow state.
+    pub rate_limit_key_overflow: Counter,
+    /// Beacons dropped (answered 204) for a `filter.user_agent_exclude` match.
+    pub filtered_user_agent: Counter,
+    /// Connections closed at once because `http.max_connections` were open.
+    pub connections_over_limit: Counter,
+    proxy_rejected: Vec<Counter>,
+}
+
+impl EdgeMetrics {
+    fn new(registry: &mut Registry) -> Self {
+        use crate::proxy_protocol::ProxyError;
+        use crate::rate_limit::Limit;
+
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct LimitLabels {
+            limit: &'static str,
+        }
+        let limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "beacons_rate_limited",
+            "Beacons over a rate limit (answered 429, or 204 and dropped), by limit",
+            limited.clone(),
+        );
+        let rate_limited = Limit::ALL
+            .iter()
+            .map(|l| {
+                limited
+                    .get_or_create(&LimitLabels { limit: l.as_str() })
+                    .clone()
+            })
+            .collect();
+        let rate_limit_keys = Gauge::default();
+        registry.register(
+            "rate_limit_keys",
+            "Clients held by the per-client rate limiter",
+            rate_limit_keys.clone(),
+        );
+        let rate_limit_key_overflow = Counter::default();
+        registry.register(
+            "rate_limit_key_overflow",
+            "New clients that found the rate limiter full and shared its overflow state",
+            rate_limit_key_overflow.clone(),
+        );
+        let filtered = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "beacons_filtered",
+            "Beacons dropped on purpose (answered 204), by filter",
+            filtered.clone(),
+        );
+        let filtered_user_agent = filtered
+            .get_or_create(&ReasonLabels {
+                reason: "user_agent",
+            })
+            .clone();
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_rejected",
+            "Beacon connections closed before HTTP, by reason",
+            rejected.clone(),
+        );
+        let connections_over_limit = rejected
+            .get_or_create(&ReasonLabels {
+                reason: "max_connections",
+            })
+            .clone();
+        let proxy_rejected = ProxyError::COUNTED
+            .iter()
+            .map(|e| {
+                rejected
+                    .get_or_create(&ReasonLabels { reason: e.as_str() })
+                    .clone()
+            })
+            .collect();
+        Self {
+            rate_limited,
+            rate_limit_keys,
+            rate_limit_key_overflow,
+            filtered_user_agent,
+            connections_over_limit,
+            proxy_rejected,
+        }
+    }
+
+    pub fn count_rate_limited(&self, limit: crate::rate_limit::Limit) {
+        let i = crate::rate_limit::Limit::ALL
+            .iter()
+            .position(|l| *l == limit)
+            .unwrap_or(0);
+        if let Some(c) = self.rate_limited.get(i) {
+            c.inc();
+        }
+    }
+
+    /// Counts a connection closed by the PROXY rule (not `Closed`).
+    pub fn count_proxy_rejected(&self, error: crate::proxy_protocol::ProxyError) {
+        if let Some(i) = crate::proxy_protocol::ProxyError::COUNTED
+            .iter()
+            .position(|e| *e == error)
+        {
+            self.proxy_rejected[i].inc();
+        }
     }
 }
 

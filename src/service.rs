@@ -22,6 +22,7 @@ use crate::intake::Intake;
 use crate::listener::{self, ConnectionSettings};
 use crate::metrics::Metrics;
 use crate::sink::{KafkaSink, SinkError};
+use crate::spool::{Spool, SpoolOpenError};
 
 /// How often the readiness probe asks the broker for metadata.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -42,6 +43,8 @@ pub enum ServiceError {
     },
     #[error("cannot start the probe thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Spool(#[from] SpoolOpenError),
 }
 
 /// A bound, not yet running, service.
@@ -51,6 +54,7 @@ pub struct Service {
     admin_listener: TcpListener,
     metrics: Arc<Metrics>,
     sink: Arc<KafkaSink>,
+    spool: Option<Spool>,
 }
 
 impl Service {
@@ -59,7 +63,14 @@ impl Service {
         config.resolve_hostname();
         config.check_message_size()?;
         let metrics = Arc::new(Metrics::new());
-        let sink = Arc::new(KafkaSink::new(&config, metrics.clone())?);
+        let mut spool = match config.spool.settings() {
+            Some(settings) => Some(Spool::open(settings, metrics.spool.clone())?),
+            None => None,
+        };
+        let sink = KafkaSink::new(&config, metrics.clone(), spool.as_ref().map(Spool::handle))?;
+        if let Some(spool) = spool.as_mut() {
+            spool.start(sink.clone())?;
+        }
         let bind = |key: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -73,6 +84,7 @@ impl Service {
             admin_listener,
             metrics,
             sink,
+            spool,
         })
     }
 
@@ -90,12 +102,25 @@ impl Service {
 
     /// Serves until `shutdown` resolves, then drains and flushes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
+        self.run_until(shutdown, std::future::pending()).await
+    }
+
+    /// Serves until `shutdown` resolves; then `/readyz` turns 503 and the
+    /// listener keeps serving for `shutdown.drain_seconds` (cut short when
+    /// `hurry` resolves), then stops accepting, finishes in-flight requests,
+    /// flushes the producer and spools what it could not deliver.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()>,
+        hurry: impl Future<Output = ()>,
+    ) -> Result<(), ServiceError> {
         let Service {
             config,
             beacon_listener,
             admin_listener,
             metrics,
             sink,
+            spool,
         } = self;
         tracing::info!(
             beacon = %beacon_listener.local_addr().map_or(config.http.listen, |a| a),
@@ -144,32 +169,54 @@ impl Service {
             async move { intake.handle(req, peer).await }
         };
         let draining = readiness.clone();
-        listener::serve(
+        let drain_seconds = config.shutdown.drain_seconds;
+        listener::serve_with_edge(
             beacon_listener,
             handler,
             settings,
+            listener::EdgeSettings::from_config(&config),
             Some(metrics.clone()),
             async move {
                 shutdown.await;
                 draining.start_draining();
-                tracing::info!("shutdown requested: not ready, finishing in-flight requests");
+                tracing::info!(
+                    drain_seconds,
+                    "shutdown requested: not ready; serving on while the load balancer notices"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(drain_seconds)) => {}
+                    _ = hurry => tracing::info!("second signal: drain cut short"),
+                }
+                tracing::info!("no longer accepting; finishing in-flight requests");
             },
         )
         .await;
 
         let flush_timeout = Duration::from_secs(config.shutdown.flush_timeout_seconds);
+        if let Some(spool) = sink.spool() {
+            spool.stop_dispatch();
+        }
         tracing::info!(in_flight = sink.in_flight(), "flushing the producer");
         let flushing = sink.clone();
-        let left = tokio::task::spawn_blocking(move || flushing.flush(flush_timeout))
+        let left = tokio::task::spawn_blocking(move || flushing.flush_and_spool(flush_timeout))
             .await
             .unwrap_or_else(|_| sink.in_flight());
         if left > 0 {
-            tracing::error!(
-                left,
-                "messages not delivered before the flush timeout: lost"
-            );
+            tracing::error!(left, "messages neither delivered nor spooled: lost");
         } else {
             tracing::info!("producer flushed");
+        }
+        if let Some(spool) = spool {
+            let _ = tokio::task::spawn_blocking(move || spool.shutdown()).await;
+            let waiting = metrics.spool.records.get();
+            if waiting > 0 {
+                tracing::info!(
+                    records = waiting,
+                    "spool closed; its records are delivered at the next start"
+                );
+            } else {
+                tracing::info!("spool closed, empty");
+            }
         }
         stop_probe.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = admin_stop_tx.send(());

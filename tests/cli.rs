@@ -37,12 +37,19 @@ fn check_prints_the_effective_config() {
         .args(["--config", "config/beacond.toml", "--check"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     // The printed config is itself a valid config, with the hostname resolved.
     let shown = beacond::config::Config::parse(&text, "stdout").unwrap();
     assert!(shown.output.hostname.is_some());
-    assert!(text.contains("\"compression.codec\" = \"snappy\""), "{text}");
+    assert!(
+        text.contains("\"compression.codec\" = \"snappy\""),
+        "{text}"
+    );
 }
 
 #[test]
@@ -51,8 +58,14 @@ fn config_errors_name_the_key_and_fail() {
         ("[http]\nlisten = \"nowhere\"\n", "http.listen"),
         ("[kafka]\ntopcs = \"x\"\n", "topcs"),
         ("[output]\nformat = \"xml\"\n", "output.format"),
-        ("[kafka.properties]\n\"no.such.property\" = \"1\"\n", "no.such.property"),
-        ("[kafka.properties]\n\"message.max.bytes\" = 4096\n", "message.max.bytes"),
+        (
+            "[kafka.properties]\n\"no.such.property\" = \"1\"\n",
+            "no.such.property",
+        ),
+        (
+            "[kafka.properties]\n\"message.max.bytes\" = 4096\n",
+            "message.max.bytes",
+        ),
     ];
     for (text, key) in cases {
         let cfg = write_config(text);
@@ -62,9 +75,15 @@ fn config_errors_name_the_key_and_fail() {
             .unwrap();
         assert!(!out.status.success(), "{text} should fail");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(key), "error for {text:?} should name {key}: {err}");
+        assert!(
+            err.contains(key),
+            "error for {text:?} should name {key}: {err}"
+        );
     }
-    let out = Command::new(BIN).args(["--config", "/nonexistent.toml"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
 }
 
@@ -79,7 +98,9 @@ fn sigterm_flushes_and_exits_zero() {
     let cfg = write_config(&format!(
         "[http]\nlisten = \"127.0.0.1:{beacon_port}\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
          [output]\nhostname = \"sigterm-host\"\n[kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\n\
-         [kafka.properties]\n\"linger.ms\" = 200\n"
+         [kafka.properties]\n\"linger.ms\" = 200\n[shutdown]\ndrain_seconds = 1\n\
+         [spool]\ndir = \"{}\"\n",
+        temp_dir("cli-spool").display()
     ));
     let mut child = Command::new(BIN)
         .args(["--config", cfg.0.to_str().unwrap()])
@@ -108,7 +129,10 @@ fn sigterm_flushes_and_exits_zero() {
         }
         ok
     });
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(30);
     let exit = loop {
@@ -120,23 +144,112 @@ fn sigterm_flushes_and_exits_zero() {
     };
     let mut stderr = String::new();
     use std::io::Read as _;
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert_eq!(exit.code(), Some(0), "exit status; log:\n{stderr}");
     assert!(stderr.contains("producer flushed"), "{stderr}");
-    let got = consume(&brokers, &topic, sent, Duration::from_secs(30), Duration::from_secs(2));
+    let got = consume(
+        &brokers,
+        &topic,
+        sent,
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+    );
     let mut ns: Vec<u64> = got
         .iter()
         .map(|m| {
             let line = String::from_utf8(m.payload.clone()).unwrap();
             let q = line.split('\t').next().unwrap().to_string();
-            q.trim_start_matches("?%7B%22n%22%3A").trim_end_matches("%7D;").parse().unwrap()
+            q.trim_start_matches("?%7B%22n%22%3A")
+                .trim_end_matches("%7D;")
+                .parse()
+                .unwrap()
         })
         .collect();
     ns.sort();
-    assert_eq!(ns, (0..sent as u64).collect::<Vec<_>>(), "every 204 in Kafka exactly once");
+    assert_eq!(
+        ns,
+        (0..sent as u64).collect::<Vec<_>>(),
+        "every 204 in Kafka exactly once"
+    );
     let _ = std::io::stderr().flush();
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn sigterm_drains_while_not_ready_and_a_second_signal_cuts_it_short() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let beacon_port = free_port();
+    let admin_port = free_port();
+    // No broker needed: the spool takes what the producer cannot deliver.
+    let cfg = write_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:{beacon_port}\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+         [output]\nhostname = \"drain-host\"\n[kafka]\nbrokers = \"127.0.0.1:9\"\n\
+         [spool]\ndir = \"{}\"\n[shutdown]\ndrain_seconds = 60\nflush_timeout_seconds = 1\n",
+        temp_dir("drain-spool").display()
+    ));
+    let mut child = Command::new(BIN)
+        .args(["--config", cfg.0.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let beacon: std::net::SocketAddr = format!("127.0.0.1:{beacon_port}").parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while raw_request(admin, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "collector did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let term = || {
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(term().success());
+    rt.block_on(async {
+        // Draining: not ready, yet beacons are still answered.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = get(admin, "/readyz", &[]).await;
+            if r.status == 503 && r.body_text() == "draining\n" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "readyz never said draining");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(get(beacon, "/beacon/event?%7B%7D", &[]).await.status, 204);
+    });
+    let started = Instant::now();
+    assert!(term().success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second SIGTERM did not cut the drain short"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(exit.code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(20));
 }

@@ -33,7 +33,12 @@ async fn huge_queries_and_headers_are_refused() {
     let svc = start_without_broker().await;
     // Over max_query_bytes but within hyper's buffer: our 414.
     let q = "%7B%22a%22%3A%22".to_string() + &"x".repeat(9000) + "%22%7D";
-    assert_eq!(get(svc.beacon, &format!("/beacon/event?{q}"), &[]).await.status, 414);
+    assert_eq!(
+        get(svc.beacon, &format!("/beacon/event?{q}"), &[])
+            .await
+            .status,
+        414
+    );
     // Far beyond any buffer: hyper refuses the head (414 or 431) or closes.
     let q = "x".repeat(1 << 20);
     let raw = format!("GET /beacon/event?{q} HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -57,9 +62,13 @@ async fn huge_queries_and_headers_are_refused() {
         "POST /beacon/event?%7B%7D HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
         1 << 20
     );
-    let r = raw_request(svc.beacon, raw.as_bytes()).await.expect("answered");
+    let r = raw_request(svc.beacon, raw.as_bytes())
+        .await
+        .expect("answered");
     assert_eq!(r.status, 413);
-    let mut raw = b"POST /beacon/event?%7B%7D HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut raw =
+        b"POST /beacon/event?%7B%7D HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
     for _ in 0..20 {
         raw.extend_from_slice(format!("1000\r\n{}\r\n", "z".repeat(0x1000)).as_bytes());
     }
@@ -68,11 +77,20 @@ async fn huge_queries_and_headers_are_refused() {
     assert_eq!(r.status, 413);
     // A small body is read and ignored: still a beacon.
     let raw = b"POST /beacon/event?%7B%7D HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
-    assert_eq!(raw_request(svc.beacon, raw).await.expect("answered").status, 204);
+    assert_eq!(
+        raw_request(svc.beacon, raw).await.expect("answered").status,
+        204
+    );
     assert_still_serving(&svc).await;
     let m = svc.metrics().await;
-    assert_eq!(m.get("beacond_beacons_rejected_total{reason=\"body_too_large\"}"), 2.0);
-    assert_eq!(m.get("beacond_beacons_rejected_total{reason=\"user_agent_too_long\"}"), 1.0);
+    assert_eq!(
+        m.get("beacond_beacons_rejected_total{reason=\"body_too_large\"}"),
+        2.0
+    );
+    assert_eq!(
+        m.get("beacond_beacons_rejected_total{reason=\"user_agent_too_long\"}"),
+        1.0
+    );
     svc.stop().await;
 }
 
@@ -84,7 +102,12 @@ async fn deep_json_nesting_is_refused() {
     assert_eq!(r.status, 400);
     assert_eq!(r.body_text(), "query string JSON nested too deeply\n");
     let deep_objects = "%7B%22a%22%3A".repeat(500) + "1" + &"%7D".repeat(500);
-    assert_eq!(get(svc.beacon, &format!("/beacon/event?{deep_objects}"), &[]).await.status, 400);
+    assert_eq!(
+        get(svc.beacon, &format!("/beacon/event?{deep_objects}"), &[])
+            .await
+            .status,
+        400
+    );
     assert_still_serving(&svc).await;
     svc.stop().await;
 }
@@ -99,7 +122,8 @@ async fn garbage_bytes_on_the_socket() {
         b"GET /beacon/event?\x7f\x00 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
         b"GET /beacon/event?%7B%7D HTTP/1.1\r\nHost: x\r\nUser-Agent: a\xffb\r\n\r\n".to_vec(),
         b"GET /beacon/event?%7B%7D HTTP/1.1\r\nContent-Length: -1\r\n\r\n".to_vec(),
-        b"GET /beacon/event?%7B%7D HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec(),
+        b"GET /beacon/event?%7B%7D HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+            .to_vec(),
         b"POST /beacon/event?%7B%7D HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
         b"\r\n\r\n\r\n\r\n".to_vec(),
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
@@ -137,13 +161,30 @@ async fn garbage_bytes_on_the_socket() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_is_false_without_a_broker() {
-    let svc = start_without_broker().await;
+async fn readiness_without_a_broker_depends_on_the_spool() {
+    // No spool: nothing can be accepted without loss, so not ready.
+    let mut config = test_config("127.0.0.1:9", "unreachable");
+    config.spool.enabled = false;
+    config.shutdown.flush_timeout_seconds = 0;
+    let svc = Running::start(config).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let r = get(svc.admin, "/readyz", &[]).await;
     assert_eq!(r.status, 503);
+    assert_eq!(r.body_text(), "broker unreachable\n");
     assert_eq!(get(svc.admin, "/healthz", &[]).await.status, 200);
-    assert_eq!(svc.metrics().await.get("beacond_kafka_broker_reachable"), 0.0);
+    assert_eq!(
+        svc.metrics().await.get("beacond_kafka_broker_reachable"),
+        0.0
+    );
+    svc.stop().await;
+    // With a spool below its cap, beacons are safe on disk: ready.
+    let svc = start_without_broker().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(get(svc.admin, "/readyz", &[]).await.status, 200);
+    assert_eq!(
+        svc.metrics().await.get("beacond_kafka_broker_reachable"),
+        0.0
+    );
     svc.stop().await;
 }
 

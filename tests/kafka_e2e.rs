@@ -48,6 +48,17 @@ fn fields(line: &[u8]) -> Vec<String> {
     f
 }
 
+/// (method, path, query, user agent, x-forwarded-for, client ip, escaped user agent)
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    String,
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    &'a str,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beacons_reach_kafka_exactly_and_rejections_go_to_the_error_topic() {
     let Some(brokers) = broker() else { return };
@@ -66,16 +77,61 @@ async fn beacons_reach_kafka_exactly_and_rejections_go_to_the_error_topic() {
     // (method, path, query, user agent, x-forwarded-for, expected client ip, expected escaped UA)
     let near_limit = format!("{};", js_encode(&capsule("near-limit", &"x".repeat(1800))));
     assert!(near_limit.len() <= 2048);
-    let accepted: Vec<(&str, &str, String, &str, Option<&str>, &str, &str)> = vec![
-        ("GET", "/beacon/event", format!("{};", js_encode(&capsule("get-1", "Déjà vu 😀")))
-            , "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0", Some("203.0.113.7"), "203.0.113.7", "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0"),
-        ("POST", "/beacon/event", format!("{};", js_encode(&capsule("post-1", "a+b (c) *d*!")))
-            , "Chrome \"quoted\"\tTabbed", Some("6.6.6.6, 198.51.100.4"), "198.51.100.4", "Chrome \"quoted\"\\tTabbed"),
-        ("GET", "/event.gif", js_encode(&capsule("legacy-gif", "no semicolon")), "Legacy", None, "127.0.0.1", "Legacy"),
-        ("POST", "/beacon/event", format!("{};", php_encode(&capsule("php-1", "server side ünïcode"))), "MediaWiki/1.45", Some("2001:db8::42"), "2001:db8::42", "MediaWiki/1.45"),
-        ("HEAD", "/beacon/event", format!("{};", js_encode(&capsule("head-1", "head")))
-            , "Head", None, "127.0.0.1", "Head"),
-        ("GET", "/beacon/event", near_limit.clone(), "Near", None, "127.0.0.1", "Near"),
+    let accepted: Vec<Case> = vec![
+        (
+            "GET",
+            "/beacon/event",
+            format!("{};", js_encode(&capsule("get-1", "Déjà vu 😀"))),
+            "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0",
+            Some("203.0.113.7"),
+            "203.0.113.7",
+            "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0",
+        ),
+        (
+            "POST",
+            "/beacon/event",
+            format!("{};", js_encode(&capsule("post-1", "a+b (c) *d*!"))),
+            "Chrome \"quoted\"\tTabbed",
+            Some("6.6.6.6, 198.51.100.4"),
+            "198.51.100.4",
+            "Chrome \"quoted\"\\tTabbed",
+        ),
+        (
+            "GET",
+            "/event.gif",
+            js_encode(&capsule("legacy-gif", "no semicolon")),
+            "Legacy",
+            None,
+            "127.0.0.1",
+            "Legacy",
+        ),
+        (
+            "POST",
+            "/beacon/event",
+            format!("{};", php_encode(&capsule("php-1", "server side ünïcode"))),
+            "MediaWiki/1.45",
+            Some("2001:db8::42"),
+            "2001:db8::42",
+            "MediaWiki/1.45",
+        ),
+        (
+            "HEAD",
+            "/beacon/event",
+            format!("{};", js_encode(&capsule("head-1", "head"))),
+            "Head",
+            None,
+            "127.0.0.1",
+            "Head",
+        ),
+        (
+            "GET",
+            "/beacon/event",
+            near_limit.clone(),
+            "Near",
+            None,
+            "127.0.0.1",
+            "Near",
+        ),
     ];
     for (method, path, query, ua, xff, _, _) in &accepted {
         let mut headers = vec![("User-Agent", *ua)];
@@ -98,11 +154,19 @@ async fn beacons_reach_kafka_exactly_and_rejections_go_to_the_error_topic() {
         (too_long, 414, "query_too_long"),
     ];
     for (query, status, reason) in &rejected {
-        let r = get(svc.beacon, &format!("/beacon/event?{query}"), &[("User-Agent", "Rejected")]).await;
+        let r = get(
+            svc.beacon,
+            &format!("/beacon/event?{query}"),
+            &[("User-Agent", "Rejected")],
+        )
+        .await;
         assert_eq!(r.status, *status, "{reason}");
         assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
         let body = r.body_text();
-        assert!(body.ends_with('\n') && body.lines().count() == 1, "one-line reason: {body:?}");
+        assert!(
+            body.ends_with('\n') && body.lines().count() == 1,
+            "one-line reason: {body:?}"
+        );
     }
     let missing = get(svc.beacon, "/beacon/event", &[]).await;
     assert_eq!(missing.status, 400);
@@ -113,7 +177,13 @@ async fn beacons_reach_kafka_exactly_and_rejections_go_to_the_error_topic() {
     assert_eq!(put.header("allow"), Some("GET, HEAD, POST"));
     let after = time::OffsetDateTime::now_utc().unix_timestamp();
 
-    let main = consume(&brokers, &topic, accepted.len(), Duration::from_secs(30), Duration::from_secs(2));
+    let main = consume(
+        &brokers,
+        &topic,
+        accepted.len(),
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+    );
     assert_eq!(main.len(), accepted.len(), "exactly the accepted beacons");
     let mut by_query: HashMap<String, Vec<String>> = HashMap::new();
     for m in &main {
@@ -123,7 +193,9 @@ async fn beacons_reach_kafka_exactly_and_rejections_go_to_the_error_topic() {
     }
     let mut seqs = Vec::new();
     for (_, _, query, _, _, ip, escaped_ua) in &accepted {
-        let f = by_query.get(&format!("?{query}")).unwrap_or_else(|| panic!("missing {query}"));
+        let f = by_query
+            .get(&format!("?{query}"))
+            .unwrap_or_else(|| panic!("missing {query}"));
         assert_eq!(f[1], "test-host");
         seqs.push(f[2].parse::<u64>().expect("seq is a number"));
         let dt = time::PrimitiveDateTime::parse(
@@ -133,19 +205,37 @@ async fn beacons_reach_kafka_exactly_and_rejections_go_to_the_error_topic() {
         .expect("dt format")
         .assume_utc()
         .unix_timestamp();
-        assert!((before..=after).contains(&dt), "receive time {dt} within the test");
+        assert!(
+            (before..=after).contains(&dt),
+            "receive time {dt} within the test"
+        );
         assert_eq!(f[4], *ip);
         assert_eq!(f[5], format!("\"{escaped_ua}\""));
     }
     seqs.sort();
-    assert_eq!(seqs, (0..accepted.len() as u64).collect::<Vec<_>>(), "sequence numbers");
+    assert_eq!(
+        seqs,
+        (0..accepted.len() as u64).collect::<Vec<_>>(),
+        "sequence numbers"
+    );
 
-    let errors = consume(&brokers, &error_topic, rejected.len() + 1, Duration::from_secs(30), Duration::from_secs(2));
-    assert_eq!(errors.len(), rejected.len() + 1, "one error record per rejected beacon");
+    let errors = consume(
+        &brokers,
+        &error_topic,
+        rejected.len() + 1,
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+    );
+    assert_eq!(
+        errors.len(),
+        rejected.len() + 1,
+        "one error record per rejected beacon"
+    );
     let mut reasons: Vec<String> = errors
         .iter()
         .map(|m| {
-            let v: serde_json::Value = serde_json::from_slice(&m.payload).expect("error record is JSON");
+            let v: serde_json::Value =
+                serde_json::from_slice(&m.payload).expect("error record is JSON");
             assert_eq!(v["recvFrom"], "test-host");
             assert_eq!(v["ip"], "127.0.0.1");
             if v["reason"] == "query_too_long" {
@@ -178,12 +268,24 @@ async fn beacons_reach_kafka_exactly_and_rejections_go_to_the_error_topic() {
     assert_eq!(m.get("beacond_requests_total{status=\"404\"}"), 1.0);
     assert_eq!(m.get("beacond_requests_total{status=\"405\"}"), 1.0);
     assert_eq!(m.get("beacond_beacons_accepted_total"), n);
-    assert_eq!(m.get("beacond_beacons_rejected_total{reason=\"invalid_json\"}"), 1.0);
-    assert_eq!(m.get("beacond_beacons_rejected_total{reason=\"empty_query\"}"), 2.0);
-    assert_eq!(m.get("beacond_beacons_rejected_total{reason=\"query_too_long\"}"), 1.0);
+    assert_eq!(
+        m.get("beacond_beacons_rejected_total{reason=\"invalid_json\"}"),
+        1.0
+    );
+    assert_eq!(
+        m.get("beacond_beacons_rejected_total{reason=\"empty_query\"}"),
+        2.0
+    );
+    assert_eq!(
+        m.get("beacond_beacons_rejected_total{reason=\"query_too_long\"}"),
+        1.0
+    );
     assert_eq!(m.get("beacond_kafka_produced_total{topic=\"main\"}"), n);
     assert_eq!(m.get("beacond_kafka_delivered_total{topic=\"main\"}"), n);
-    assert_eq!(m.get("beacond_kafka_delivery_failures_total{topic=\"main\"}"), 0.0);
+    assert_eq!(
+        m.get("beacond_kafka_delivery_failures_total{topic=\"main\"}"),
+        0.0
+    );
     assert_eq!(m.get("beacond_kafka_produced_total{topic=\"error\"}"), 7.0);
     assert_eq!(m.get("beacond_kafka_broker_reachable"), 1.0);
     svc.stop().await;
@@ -209,7 +311,13 @@ async fn json_format_with_client_ip_keys() {
     )
     .await;
     assert_eq!(r.status, 204);
-    let got = consume(&brokers, &topic, 1, Duration::from_secs(30), Duration::from_secs(1));
+    let got = consume(
+        &brokers,
+        &topic,
+        1,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    );
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].key.as_deref(), Some(&b"127.0.0.1"[..]));
     let v: serde_json::Value = serde_json::from_slice(&got[0].payload).unwrap();

@@ -114,6 +114,10 @@ pub struct Args {
     /// Read the topic from the beginning rather than from its end offsets at start.
     #[arg(long)]
     pub kafka_from_beginning: bool,
+    /// Read the topic only after the load (end offsets are still taken at start), keeping
+    /// the reader off the generator's CPU during `--rate max` runs.
+    #[arg(long)]
+    pub kafka_read_after: bool,
     /// A second endpoint (e.g. nginx `return 204`) loaded in alternating rounds; the report gives the ratio.
     #[arg(long)]
     pub baseline: Option<String>,

@@ -12,7 +12,7 @@
 use crate::encode::{canonical_json, encode_uri_component, php_style_json, rawurlencode};
 use crate::rng::{Fnv, Rng};
 use serde_json::{json, Map, Value};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The longest id we generate: `<8 hex>-<tag><20 digits>`.
 pub const MAX_ID_LEN: usize = 30;
@@ -420,21 +420,18 @@ impl Corpus {
         let user_agent = r.below(USER_AGENTS.len());
         let a = r.below(250) + 1;
         let b = r.below(250) + 1;
+        let (a, b) = (a as u8, b as u8);
+        let v4 = |x, y, z, w| IpAddr::V4(Ipv4Addr::new(x, y, z, w));
         let (xff, client_ip) = match r.below(10) {
-            0..=2 => (format!("203.0.113.{a}"), format!("203.0.113.{a}")),
-            3..=5 => (format!("198.51.100.{a}"), format!("198.51.100.{a}")),
-            6 | 7 => (
-                format!("192.0.2.{a}, 203.0.113.{b}"),
-                format!("203.0.113.{b}"),
-            ),
+            0..=2 => (format!("203.0.113.{a}"), v4(203, 0, 113, a)),
+            3..=5 => (format!("198.51.100.{a}"), v4(198, 51, 100, a)),
+            6 | 7 => (format!("192.0.2.{a}, 203.0.113.{b}"), v4(203, 0, 113, b)),
             8 => {
-                let ip = format!("2001:db8::{:x}", r.below(0xffff) + 1);
-                (ip.clone(), ip)
+                let last = r.below(0xffff) as u16 + 1;
+                let ip = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last);
+                (ip.to_string(), IpAddr::V6(ip))
             }
-            _ => (
-                format!("2001:db8::1, 198.51.100.{b}"),
-                format!("198.51.100.{b}"),
-            ),
+            _ => (format!("2001:db8::1, 198.51.100.{b}"), v4(198, 51, 100, b)),
         };
         Choice {
             post,
@@ -445,7 +442,7 @@ impl Corpus {
             },
             user_agent,
             xff,
-            client_ip: client_ip.parse().expect("valid ip literal"),
+            client_ip,
         }
     }
 

@@ -35,6 +35,10 @@ pub struct KafkaOptions {
     pub connect_timeout: Duration,
     /// Read the topic from the beginning instead of its end offsets.
     pub from_beginning: bool,
+    /// Take the end offsets at start but read only after the load, so the
+    /// reader does not compete with the generator for CPU during the run
+    /// (`read_latency_ms` then means nothing).
+    pub read_after: bool,
 }
 
 /// What the reader saw besides the per-beacon observations.
@@ -144,7 +148,12 @@ impl KafkaWatch {
                 .context("building the assignment")?;
         }
         let partitions = tpl.count();
-        consumer.assign(&tpl).context("assigning partitions")?;
+        let deferred = if opts.read_after {
+            Some(tpl)
+        } else {
+            consumer.assign(&tpl).context("assigning partitions")?;
+            None
+        };
         let (ctl, rx) = mpsc::channel();
         let reader = Reader {
             corpus,
@@ -152,7 +161,7 @@ impl KafkaWatch {
         };
         let thread = std::thread::Builder::new()
             .name("kafka-reader".into())
-            .spawn(move || reader.run(consumer, rx))
+            .spawn(move || reader.run(consumer, rx, deferred))
             .context("spawning the Kafka reader")?;
         Ok(KafkaWatch {
             ctl,
@@ -189,7 +198,12 @@ fn find(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 impl Reader {
-    fn run(self, consumer: BaseConsumer, ctl: mpsc::Receiver<Finish>) -> ReaderOutcome {
+    fn run(
+        self,
+        consumer: BaseConsumer,
+        ctl: mpsc::Receiver<Finish>,
+        deferred: Option<TopicPartitionList>,
+    ) -> ReaderOutcome {
         let mut out = ReaderOutcome {
             observed: HashMap::new(),
             counts: ReaderCounts::default(),
@@ -197,6 +211,17 @@ impl Reader {
         };
         let mut finish: Option<(Finish, Instant)> = None;
         let mut pending: HashSet<u64> = HashSet::new();
+        if let Some(tpl) = deferred {
+            // Read only once the load is over.
+            let Ok(f) = ctl.recv() else { return out };
+            if let Err(e) = consumer.assign(&tpl) {
+                out.counts.consumer_errors += 1;
+                out.counts.last_error = Some(format!("assigning partitions: {e}"));
+                return out;
+            }
+            pending = f.expected.clone();
+            finish = Some((f, Instant::now()));
+        }
         let mut complete_at: Option<Instant> = None;
         let mut last_progress = Instant::now();
         loop {
@@ -210,6 +235,7 @@ impl Reader {
                             .filter(|n| !out.observed.contains_key(n))
                             .collect();
                         finish = Some((f, Instant::now()));
+                        last_progress = Instant::now();
                     }
                     Err(mpsc::TryRecvError::Empty) => {}
                     Err(mpsc::TryRecvError::Disconnected) => return out,
@@ -311,6 +337,9 @@ impl Reader {
             ..Observed::first(ts_ms)
         });
         o.count += 1;
+        if o.count == 1 {
+            o.first_read_ms = now_ms();
+        }
         o.first_ts_ms = o.first_ts_ms.min(ts_ms);
         o.corrupted |= corrupted;
         o.ip_mismatch |= ip_mismatch;
@@ -443,6 +472,7 @@ mod tests {
             topic: "t".into(),
             connect_timeout: Duration::from_secs(2),
             from_beginning: false,
+            read_after: false,
         };
         let started = Instant::now();
         let err = KafkaWatch::start(&opts, Arc::new(Corpus::new(CorpusConfig::default())), "r")
@@ -460,5 +490,67 @@ mod tests {
         assert!(
             KafkaWatch::start(&opts, Arc::new(Corpus::new(CorpusConfig::default())), "r").is_err()
         );
+    }
+
+    /// The whole reader against librdkafka's in-process mock broker, reading
+    /// live and reading after the load.
+    #[test]
+    fn reads_only_this_run_from_the_end_offsets() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        for read_after in [false, true] {
+            let mock = MockCluster::new(1).unwrap();
+            mock.create_topic("t", 2, 1).unwrap();
+            let producer: BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", mock.bootstrap_servers())
+                .create()
+                .unwrap();
+            let r = reader();
+            let send = |payload: &str| {
+                producer
+                    .send(BaseRecord::<(), str>::to("t").payload(payload))
+                    .unwrap();
+                producer.flush(Duration::from_secs(10)).unwrap();
+            };
+            // Before the start: not read (the reader starts at the end offsets).
+            send(&vk_line(&r, 100));
+            let opts = KafkaOptions {
+                brokers: mock.bootstrap_servers(),
+                topic: "t".into(),
+                connect_timeout: Duration::from_secs(10),
+                from_beginning: false,
+                read_after,
+            };
+            let w = KafkaWatch::start(&opts, Arc::clone(&r.corpus), "r1").unwrap();
+            assert_eq!(w.partitions, 2);
+            for n in 0..20 {
+                send(&vk_line(&r, n));
+            }
+            send(&vk_line(&r, 3)); // a duplicate
+            let expected: Vec<Expected> = (0..21)
+                .map(|n| Expected {
+                    n,
+                    sched_unix_us: 0,
+                })
+                .collect();
+            let out = w.finish(
+                &expected,
+                Duration::from_secs(3),
+                Duration::from_millis(200),
+            );
+            assert!(!out.counts.complete, "beacon 20 never came");
+            assert_eq!(out.observed.len(), 20, "read_after {read_after}");
+            assert_eq!(out.observed[&3].count, 2);
+            assert!(
+                !out.observed.contains_key(&100),
+                "read from before the start"
+            );
+            assert_eq!(out.counts.messages, 21);
+            let m = crate::verify::match_ids(&expected, &out.observed);
+            assert_eq!(
+                (m.delivered, m.lost, m.duplicated, m.corrupted),
+                (20, 1, 1, 0)
+            );
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The picture: latency percentiles (log scale) and throughput per second,
 //! target and baseline, with broker events marked. Plain SVG written by hand.
 
-use crate::report::{EventRecord, TimelinePoint};
+use crate::report::{EventRecord, KafkaSecond, TimelinePoint};
 use std::fmt::Write as _;
 
 const W: f64 = 1000.0;
@@ -28,16 +28,25 @@ struct Series<'a> {
     points: Vec<(u64, f64)>,
 }
 
+/// Per-second values of one endpoint. A last second after the scheduled end
+/// holds a few stragglers only, so it is left out of the picture.
 fn series(
     points: &[TimelinePoint],
     endpoint: &str,
+    end_s: f64,
     f: impl Fn(&TimelinePoint) -> Option<f64>,
 ) -> Vec<(u64, f64)> {
-    points
+    let mut v: Vec<(u64, f64)> = points
         .iter()
         .filter(|p| p.endpoint == endpoint)
         .filter_map(|p| f(p).map(|v| (p.t, v)))
-        .collect()
+        .collect();
+    if v.last()
+        .is_some_and(|&(t, _)| t as f64 >= end_s && v.len() > 1)
+    {
+        v.pop();
+    }
+    v
 }
 
 /// Polylines, broken where a second is missing (the other endpoint's round).
@@ -99,9 +108,13 @@ fn nice_step(max: f64) -> f64 {
     10.0 * mag
 }
 
-pub fn svg(title: &str, points: &[TimelinePoint], events: &[EventRecord]) -> String {
-    let max_t = points.iter().map(|p| p.t).max().unwrap_or(0) as f64 + 1.0;
-    let x = |t: f64| LEFT + (t / max_t) * (W - LEFT - RIGHT);
+pub fn svg(
+    title: &str,
+    points: &[TimelinePoint],
+    kafka: &[KafkaSecond],
+    events: &[EventRecord],
+    duration_s: f64,
+) -> String {
     let has_baseline = points.iter().any(|p| p.endpoint == "baseline");
 
     let pos = |v: f64| if v > 0.0 { Some(v) } else { None };
@@ -111,21 +124,21 @@ pub fn svg(title: &str, points: &[TimelinePoint], events: &[EventRecord]) -> Str
             color: "#1f77b4",
             dashed: false,
             width: 2.0,
-            points: series(points, "target", |p| pos(p.p50_ms)),
+            points: series(points, "target", duration_s, |p| pos(p.p50_ms)),
         },
         Series {
             label: "p99",
             color: "#ff7f0e",
             dashed: false,
             width: 2.0,
-            points: series(points, "target", |p| pos(p.p99_ms)),
+            points: series(points, "target", duration_s, |p| pos(p.p99_ms)),
         },
         Series {
             label: "max",
             color: "#d62728",
             dashed: false,
             width: 1.0,
-            points: series(points, "target", |p| pos(p.max_ms)),
+            points: series(points, "target", duration_s, |p| pos(p.max_ms)),
         },
     ];
     let mut tput = vec![
@@ -134,21 +147,21 @@ pub fn svg(title: &str, points: &[TimelinePoint], events: &[EventRecord]) -> Str
             color: "#2ca02c",
             dashed: false,
             width: 2.0,
-            points: series(points, "target", |p| Some(p.ok as f64)),
+            points: series(points, "target", duration_s, |p| Some(p.ok as f64)),
         },
         Series {
             label: "non-2xx/s",
             color: "#ff7f0e",
             dashed: false,
             width: 1.5,
-            points: series(points, "target", |p| Some(p.non_ok as f64)),
+            points: series(points, "target", duration_s, |p| Some(p.non_ok as f64)),
         },
         Series {
             label: "errors/s",
             color: "#d62728",
             dashed: false,
             width: 1.5,
-            points: series(points, "target", |p| Some(p.errors as f64)),
+            points: series(points, "target", duration_s, |p| Some(p.errors as f64)),
         },
     ];
     if has_baseline {
@@ -157,23 +170,48 @@ pub fn svg(title: &str, points: &[TimelinePoint], events: &[EventRecord]) -> Str
             color: "#7f7f7f",
             dashed: true,
             width: 1.5,
-            points: series(points, "baseline", |p| pos(p.p50_ms)),
+            points: series(points, "baseline", duration_s, |p| pos(p.p50_ms)),
         });
         lat.push(Series {
             label: "baseline p99",
             color: "#9467bd",
             dashed: true,
             width: 1.5,
-            points: series(points, "baseline", |p| pos(p.p99_ms)),
+            points: series(points, "baseline", duration_s, |p| pos(p.p99_ms)),
         });
         tput.push(Series {
             label: "baseline 2xx/s",
             color: "#7f7f7f",
             dashed: true,
             width: 1.5,
-            points: series(points, "baseline", |p| Some(p.ok as f64)),
+            points: series(points, "baseline", duration_s, |p| Some(p.ok as f64)),
         });
     }
+
+    if !kafka.is_empty() {
+        tput.push(Series {
+            label: "into Kafka/s",
+            color: "#17becf",
+            dashed: false,
+            width: 1.5,
+            // Zero-filled: a stall shows as a drop to zero, not a gap.
+            points: {
+                let last = kafka.iter().map(|k| k.t).max().unwrap_or(0);
+                let by_t: std::collections::BTreeMap<u64, u64> =
+                    kafka.iter().map(|k| (k.t, k.delivered)).collect();
+                (0..=last)
+                    .map(|t| (t, by_t.get(&t).copied().unwrap_or(0) as f64))
+                    .collect()
+            },
+        });
+    }
+    // Time: the scheduled duration, or longer if answers or Kafka ran late.
+    let last = lat
+        .iter()
+        .chain(&tput)
+        .flat_map(|s| s.points.iter().map(|p| p.0 as f64 + 1.0));
+    let max_t = last.fold(duration_s.ceil(), f64::max).max(1.0);
+    let x = |t: f64| LEFT + (t / max_t) * (W - LEFT - RIGHT);
 
     // Latency: log scale over whole decades.
     let all_lat = lat.iter().flat_map(|s| s.points.iter().map(|p| p.1));
@@ -219,7 +257,11 @@ pub fn svg(title: &str, points: &[TimelinePoint], events: &[EventRecord]) -> Str
             LAT_BOTTOM,
             "latency, ms (log; from scheduled send)",
         ),
-        (TPUT_TOP, TPUT_BOTTOM, "responses per second"),
+        (
+            TPUT_TOP,
+            TPUT_BOTTOM,
+            "per second: responses, and beacons reaching Kafka",
+        ),
     ] {
         let _ = writeln!(
             o,
@@ -233,26 +275,35 @@ pub fn svg(title: &str, points: &[TimelinePoint], events: &[EventRecord]) -> Str
             top - 6.0
         );
     }
+    let few_decades = hi_dec - lo_dec <= 3.0;
     let mut d = lo_dec as i32;
     while d <= hi_dec as i32 {
-        let v = 10f64.powi(d);
-        let y = ly(v);
-        let _ = writeln!(
-            o,
-            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
-            W - RIGHT
-        );
-        let label = if v >= 1.0 {
-            format!("{v:.0}")
-        } else {
-            format!("{v}")
-        };
-        let _ = writeln!(
-            o,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"#,
-            LEFT - 6.0,
-            y + 4.0
-        );
+        for (m, major) in [(1.0, true), (2.0, false), (5.0, false)] {
+            let v = m * 10f64.powi(d);
+            if v > 10f64.powf(hi_dec) * 1.0001 {
+                break;
+            }
+            let y = ly(v);
+            let stroke = if major { "#ccc" } else { "#eee" };
+            let _ = writeln!(
+                o,
+                r#"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{stroke}"/>"#,
+                W - RIGHT
+            );
+            if major || few_decades {
+                let label = if v >= 1.0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v}")
+                };
+                let _ = writeln!(
+                    o,
+                    r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"#,
+                    LEFT - 6.0,
+                    y + 4.0
+                );
+            }
+        }
         d += 1;
     }
     let mut v = 0.0;
@@ -382,7 +433,18 @@ mod tests {
             at_s: 5.0,
             action: "broker_down (reset) <&>".into(),
         }];
-        let s = svg("run x & y", &pts, &ev);
+        let kafka = [
+            KafkaSecond {
+                t: 0,
+                delivered: 900,
+            },
+            KafkaSecond {
+                t: 12,
+                delivered: 50,
+            },
+        ];
+        let s = svg("run x & y", &pts, &kafka, &ev, 10.0);
+        assert!(s.contains("into Kafka/s"));
         assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
         assert!(s.contains("run x &amp; y") && s.contains("&lt;&amp;&gt;"));
         assert!(s.matches("<polyline").count() >= 6, "{s}");
@@ -391,6 +453,11 @@ mod tests {
         let opens = s.matches('<').count();
         let closes = s.matches("/>").count() + s.matches("</").count() * 2;
         assert_eq!(opens, closes, "unbalanced tags");
-        assert_eq!(svg("empty", &[], &[]).matches("<polyline").count(), 0);
+        assert_eq!(
+            svg("empty", &[], &[], &[], 1.0)
+                .matches("<polyline")
+                .count(),
+            0
+        );
     }
 }

@@ -215,13 +215,22 @@ mod tests {
         addr
     }
 
-    async fn roundtrip(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    /// Echo through the proxy; `Err` if nothing comes back within `wait`.
+    async fn roundtrip_within(
+        s: &mut TcpStream,
+        msg: &[u8],
+        wait: Duration,
+    ) -> std::io::Result<Vec<u8>> {
         s.write_all(msg).await?;
         let mut buf = vec![0u8; msg.len()];
-        tokio::time::timeout(Duration::from_millis(300), s.read_exact(&mut buf))
+        tokio::time::timeout(wait, s.read_exact(&mut buf))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timeout"))??;
         Ok(buf)
+    }
+
+    async fn roundtrip(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+        roundtrip_within(s, msg, Duration::from_secs(5)).await
     }
 
     #[tokio::test]
@@ -236,7 +245,11 @@ mod tests {
         // Blackhole: the connection stays open, nothing comes back...
         p.cut(CutMode::Blackhole);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(roundtrip(&mut c, b"lost?").await.is_err());
+        assert!(
+            roundtrip_within(&mut c, b"lost?", Duration::from_millis(300))
+                .await
+                .is_err()
+        );
         // ...until restored, when the held bytes flow again.
         p.restore();
         let mut buf = [0u8; 5];
@@ -255,7 +268,9 @@ mod tests {
             .unwrap();
         assert!(matches!(r, Ok(0) | Err(_)));
         let mut c2 = TcpStream::connect(p.listen).await.unwrap();
-        assert!(roundtrip(&mut c2, b"x").await.is_err());
+        assert!(roundtrip_within(&mut c2, b"x", Duration::from_millis(300))
+            .await
+            .is_err());
         p.restore();
         let mut c3 = TcpStream::connect(p.listen).await.unwrap();
         assert_eq!(roundtrip(&mut c3, b"back").await.unwrap(), b"back");

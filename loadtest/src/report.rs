@@ -27,6 +27,9 @@ pub struct Report {
     pub scenario: Option<String>,
     pub invalid_fraction: f64,
     pub post_fraction: f64,
+    /// CPU used by loadtest itself during the measured load, in cores
+    /// (near 1.0 on one pinned core: the generator may be the bottleneck).
+    pub generator_cpu: f64,
     #[serde(flatten)]
     pub summary: EndpointSummary,
     pub kafka: Option<KafkaReport>,
@@ -45,6 +48,14 @@ pub struct KafkaReport {
     pub matched: Matched,
     pub reader: ReaderCounts,
     pub sample_parse_error: Option<String>,
+    /// Acknowledged beacons first read from Kafka, per second of the run.
+    pub timeline: Vec<KafkaSecond>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct KafkaSecond {
+    pub t: u64,
+    pub delivered: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -217,6 +228,16 @@ pub fn table(r: &Report) -> String {
         }
         out.push('\n');
     }
+    let _ = writeln!(
+        out,
+        "\n  loadtest used {:.0}% of a core while loading{}",
+        r.generator_cpu * 100.0,
+        if r.generator_cpu > 0.85 {
+            " (it may have been the bottleneck)"
+        } else {
+            ""
+        }
+    );
     if let Some(b) = &r.baseline {
         let _ = writeln!(
             out,
@@ -233,10 +254,13 @@ pub fn table(r: &Report) -> String {
         );
         let _ = writeln!(
             out,
-            "  kafka e2e latency ms (scheduled send -> Kafka timestamp): p50 {:.1} p99 {:.1} max {:.1}; drained in {:.1}s{}",
+            "  kafka e2e latency ms (scheduled send -> Kafka timestamp): p50 {:.1} p99 {:.1} max {:.1}; \
+             -> read by loadtest: p50 {:.1} p99 {:.1}; drained in {:.1}s{}",
             m.e2e_latency_ms.p50,
             m.e2e_latency_ms.p99,
             m.e2e_latency_ms.max,
+            m.read_latency_ms.p50,
+            m.read_latency_ms.p99,
             k.reader.drain_s,
             if k.reader.complete { "" } else { " (TIMED OUT)" }
         );
@@ -305,6 +329,7 @@ mod tests {
             scenario: None,
             invalid_fraction: 0.0,
             post_fraction: 0.75,
+            generator_cpu: 0.5,
             summary: target,
             kafka: Some(KafkaReport {
                 brokers: "b".into(),
@@ -313,6 +338,7 @@ mod tests {
                 matched: crate::verify::match_ids(&[], &Default::default()),
                 reader: ReaderCounts::default(),
                 sample_parse_error: None,
+                timeline: vec![],
             }),
             baseline: Some(base),
             slow_clients: None,

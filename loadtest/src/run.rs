@@ -126,6 +126,18 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     })
 }
 
+/// CPU seconds this process has used (all threads).
+fn process_cpu() -> f64 {
+    // SAFETY: getrusage writes into the struct we pass; zeroed is a valid rusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 fn default_run_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -150,19 +162,18 @@ async fn probe(
     let mut attempt = 0u64;
     loop {
         attempt += 1;
-        let c = corpus.choose(0);
+        // A valid beacon if the mix has one (invalid ones may get 400 by design).
+        let c = (0..10_000)
+            .map(|n| corpus.choose(n))
+            .find(|c| c.valid())
+            .unwrap_or_else(|| corpus.choose(0));
         let mut req = Vec::new();
-        let valid = Corpus::new(CorpusConfig {
-            invalid_fraction: 0.0,
-            ..corpus.cfg
-        })
-        .choose(0);
         corpus.write_request(
             &mut req,
             &target.host,
             &target.path,
             &beacon_id(run_id, "p", attempt),
-            if c.valid() { &c } else { &valid },
+            &c,
         );
         let res = async {
             let mut conn = Conn::connect(target.addr, timeout.min(Duration::from_secs(3)))
@@ -238,6 +249,7 @@ pub async fn run(args: Args) -> anyhow::Result<(Report, i32)> {
                 topic: topic.clone(),
                 connect_timeout: Duration::from_secs(10),
                 from_beginning: args.kafka_from_beginning,
+                read_after: args.kafka_read_after,
             };
             let (c, id) = (Arc::clone(&corpus), run_id.clone());
             let w = tokio::task::spawn_blocking(move || KafkaWatch::start(&opts, c, &id)).await??;
@@ -337,6 +349,7 @@ pub async fn run(args: Args) -> anyhow::Result<(Report, i32)> {
 
     let rec_t = Arc::new(Mutex::new(Recorder::default()));
     let rec_b = Arc::new(Mutex::new(Recorder::default()));
+    let cpu_at_start = process_cpu();
     eprintln!("loadtest: run {run_id}: measuring for {:?}", plan.duration);
     match &baseline {
         None => {
@@ -390,6 +403,15 @@ pub async fn run(args: Args) -> anyhow::Result<(Report, i32)> {
     for t in event_tasks {
         t.abort();
     }
+    let generator_cpu =
+        (process_cpu() - cpu_at_start) / ctx.origin.elapsed().as_secs_f64().max(1e-3);
+    if let Some(p) = &proxy {
+        if p.state() != crate::proxy::State::Up {
+            // Whatever the scenario said, let the backlog through before draining.
+            p.restore();
+            eprintln!("loadtest: broker proxy restored at the end of the load");
+        }
+    }
     drop(pools);
 
     let rec_t = std::mem::take(&mut *rec_t.lock().expect("recorder"));
@@ -409,6 +431,14 @@ pub async fn run(args: Args) -> anyhow::Result<(Report, i32)> {
             let (drain, linger) = (plan.drain, args.kafka_linger);
             let outcome =
                 tokio::task::spawn_blocking(move || w.finish(&expected, drain, linger)).await?;
+            let mut per_second = std::collections::BTreeMap::<u64, u64>::new();
+            for e in &rec_t.expected {
+                if let Some(o) = outcome.observed.get(&e.n) {
+                    let t =
+                        ((o.first_read_ms * 1000 - ctx.origin_unix_us).max(0) / 1_000_000) as u64;
+                    *per_second.entry(t).or_default() += 1;
+                }
+            }
             Some(KafkaReport {
                 brokers: args.kafka_brokers.clone().unwrap_or_default(),
                 topic: args.kafka_topic.clone().unwrap_or_default(),
@@ -416,6 +446,10 @@ pub async fn run(args: Args) -> anyhow::Result<(Report, i32)> {
                 matched: crate::verify::match_ids(&rec_t.expected, &outcome.observed),
                 reader: outcome.counts,
                 sample_parse_error: outcome.sample_error,
+                timeline: per_second
+                    .into_iter()
+                    .map(|(t, delivered)| report::KafkaSecond { t, delivered })
+                    .collect(),
             })
         }
     };
@@ -447,6 +481,7 @@ pub async fn run(args: Args) -> anyhow::Result<(Report, i32)> {
         scenario: plan.scenario.as_ref().map(|s| s.name.clone()),
         invalid_fraction: plan.invalid_fraction,
         post_fraction: corpus.cfg.post_fraction,
+        generator_cpu,
         summary,
         kafka: kafka_report,
         baseline: baseline_report,
@@ -495,11 +530,80 @@ pub fn emit(args: &Args, report: &Report) -> anyhow::Result<()> {
         let tmp = path.with_extension("svg.tmp");
         std::fs::write(
             &tmp,
-            crate::plot::svg(&title, &report.timeline, &report.events),
+            crate::plot::svg(
+                &title,
+                &report.timeline,
+                report
+                    .kafka
+                    .as_ref()
+                    .map(|k| &k.timeline[..])
+                    .unwrap_or_default(),
+                &report.events,
+                report.duration_s,
+            ),
         )
         .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("loadtest: wrote {}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["loadtest", "--target", "http://127.0.0.1:1/beacon/event"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).unwrap()
+    }
+
+    fn scenario_file() -> String {
+        format!("{}/scenarios/spike.toml", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    #[test]
+    fn plans_defaults_and_overrides() {
+        let p = plan(&args(&[])).unwrap();
+        assert_eq!(p.mode, RateArg::PerSecond(DEFAULT_RATE));
+        assert_eq!(p.duration, DEFAULT_DURATION);
+        assert_eq!(p.connections, DEFAULT_CONNECTIONS);
+        let p = plan(&args(&[
+            "--rate",
+            "max",
+            "--duration",
+            "5s",
+            "--connections",
+            "4",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (p.mode, p.duration, p.connections),
+            (RateArg::Max, Duration::from_secs(5), 4)
+        );
+        // A scenario's rates scale with --rate; its phases give the duration.
+        let s = scenario_file();
+        let p = plan(&args(&["--scenario", &s, "--rate", "100"])).unwrap();
+        assert_eq!(
+            p.phases.iter().map(|p| p.rate).collect::<Vec<_>>(),
+            vec![100.0, 500.0, 100.0]
+        );
+        assert_eq!(p.duration, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn refuses_conflicting_flags() {
+        let s = scenario_file();
+        for extra in [
+            &["--scenario", &s, "--duration", "5s"][..],
+            &["--scenario", &s, "--baseline", "http://127.0.0.1:2/b"],
+            &["--scenario", &s, "--rate", "max"],
+            &["--connections", "0"],
+            &["--duration", "0s"],
+        ] {
+            assert!(plan(&args(extra)).is_err(), "{extra:?}");
+        }
+    }
 }

@@ -21,6 +21,8 @@ pub struct Observed {
     pub count: u32,
     /// Kafka timestamp of the first copy (unix milliseconds).
     pub first_ts_ms: i64,
+    /// When the harness read the first copy (unix milliseconds).
+    pub first_read_ms: i64,
     /// Some copy differed from the capsule sent.
     pub corrupted: bool,
     /// Some copy recorded another client IP than the one we sent.
@@ -34,6 +36,7 @@ impl Observed {
         Observed {
             count: 1,
             first_ts_ms: ts_ms,
+            first_read_ms: ts_ms,
             corrupted: false,
             ip_mismatch: false,
             ua_mismatch: false,
@@ -60,12 +63,17 @@ pub struct Matched {
     /// Beacons of this run in Kafka that were not acknowledged (timed out,
     /// refused, or answered 503 yet delivered anyway).
     pub unacknowledged_delivered: u64,
-    /// Scheduled send to Kafka timestamp of the first copy.
+    /// Scheduled send to the Kafka timestamp of the first copy (the
+    /// producer's CreateTime unless the topic uses LogAppendTime).
     pub e2e_latency_ms: LatencySummary,
+    /// Scheduled send to the moment the harness read the first copy: an
+    /// upper bound on delivery delay, whatever the timestamp type.
+    pub read_latency_ms: LatencySummary,
 }
 
 pub fn match_ids(expected: &[Expected], observed: &HashMap<u64, Observed>) -> Matched {
     let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    let mut read_hist = Histogram::<u64>::new(3).expect("histogram");
     let mut m = Matched {
         expected: expected.len() as u64,
         delivered: 0,
@@ -77,6 +85,7 @@ pub fn match_ids(expected: &[Expected], observed: &HashMap<u64, Observed>) -> Ma
         ua_mismatch: 0,
         unacknowledged_delivered: 0,
         e2e_latency_ms: LatencySummary::default(),
+        read_latency_ms: LatencySummary::default(),
     };
     let mut seen = HashSet::with_capacity(expected.len());
     for e in expected {
@@ -96,12 +105,15 @@ pub fn match_ids(expected: &[Expected], observed: &HashMap<u64, Observed>) -> Ma
                 m.ua_mismatch += u64::from(o.ua_mismatch);
                 let e2e_us = o.first_ts_ms * 1000 - e.sched_unix_us;
                 crate::stats::record(&mut hist, e2e_us.max(0) as u64);
+                let read_us = o.first_read_ms * 1000 - e.sched_unix_us;
+                crate::stats::record(&mut read_hist, read_us.max(0) as u64);
             }
         }
     }
     m.expected = seen.len() as u64;
     m.unacknowledged_delivered = observed.keys().filter(|n| !seen.contains(n)).count() as u64;
     m.e2e_latency_ms = LatencySummary::from_us(&hist);
+    m.read_latency_ms = LatencySummary::from_us(&read_hist);
     m
 }
 
@@ -123,6 +135,7 @@ mod tests {
             observed.insert(n, Observed::first(1_000_000 + n as i64 + 5));
         }
         observed.get_mut(&2).unwrap().count = 3; // two extra copies
+        observed.get_mut(&7).unwrap().first_read_ms += 1000; // read a second late
         observed.get_mut(&3).unwrap().count = 2;
         observed.get_mut(&4).unwrap().corrupted = true;
         observed.get_mut(&5).unwrap().ip_mismatch = true;
@@ -144,6 +157,12 @@ mod tests {
             m.e2e_latency_ms
         );
         assert!((m.e2e_latency_ms.max - 5.0).abs() < 0.01);
+        assert!((m.read_latency_ms.p50 - 5.0).abs() < 0.01);
+        assert!(
+            (m.read_latency_ms.max - 1005.0).abs() < 1.0,
+            "{:?}",
+            m.read_latency_ms
+        );
     }
 
     #[test]

@@ -44,7 +44,12 @@ pub fn unique_topic(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    format!("{prefix}-{}-{}-{}", std::process::id(), nanos % 1_000_000_000, N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
@@ -54,7 +59,10 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
         .expect("admin client");
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let results = admin
-        .create_topics([&new], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .create_topics(
+            [&new],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
         .await
         .expect("create_topics");
     for r in results {
@@ -72,11 +80,22 @@ pub fn test_config(brokers: &str, topic: &str) -> Config {
     c.output.hostname = Some("test-host".into());
     c.kafka.brokers = brokers.into();
     c.kafka.topic = topic.into();
-    c.kafka
-        .properties
-        .insert("linger.ms".into(), beacond::config::PropertyValue::Text("1".into()));
+    c.kafka.properties.insert(
+        "linger.ms".into(),
+        beacond::config::PropertyValue::Text("1".into()),
+    );
     c.shutdown.flush_timeout_seconds = 10;
+    c.shutdown.drain_seconds = 0;
+    c.spool.dir = temp_dir("spool");
     c
+}
+
+/// A fresh directory under the system's temp dir, unique to this call.
+pub fn temp_dir(prefix: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(unique_topic(&format!("beacond-{prefix}")));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create temp dir");
+    d
 }
 
 /// A service running on the test runtime.
@@ -127,7 +146,11 @@ impl Running {
             if r.status == 200 {
                 return;
             }
-            assert!(Instant::now() < deadline, "not ready after 20 s: {}", r.body_text());
+            assert!(
+                Instant::now() < deadline,
+                "not ready after 20 s: {}",
+                r.body_text()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -176,14 +199,21 @@ pub async fn read_response(s: &mut TcpStream) -> std::io::Result<HttpResponse> {
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no response"))??;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
-    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -202,12 +232,22 @@ pub async fn read_response(s: &mut TcpStream) -> std::io::Result<HttpResponse> {
         body.extend_from_slice(&chunk[..n]);
     }
     body.truncate(len);
-    Ok(HttpResponse { status, headers, body })
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// One request on a new connection, `Connection: close`.
-pub async fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> HttpResponse {
-    let mut raw = format!("{method} {target} HTTP/1.1\r\nHost: beacon.test\r\nConnection: close\r\n");
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
+    let mut raw =
+        format!("{method} {target} HTTP/1.1\r\nHost: beacon.test\r\nConnection: close\r\n");
     for (k, v) in headers {
         raw.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -215,7 +255,9 @@ pub async fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&
         raw.push_str("Content-Length: 0\r\n");
     }
     raw.push_str("\r\n");
-    raw_request(addr, raw.as_bytes()).await.expect("request answered")
+    raw_request(addr, raw.as_bytes())
+        .await
+        .expect("request answered")
 }
 
 pub async fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> HttpResponse {
@@ -252,7 +294,13 @@ pub struct Received {
 /// Reads a topic from the beginning (all partitions, assigned directly: a
 /// group join is slow on tansu) until `expected` messages arrived, then
 /// keeps reading for `linger` to catch any extra.
-pub fn consume(brokers: &str, topic: &str, expected: usize, timeout: Duration, linger: Duration) -> Vec<Received> {
+pub fn consume(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+    linger: Duration,
+) -> Vec<Received> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("beacond-test-{}", unique_topic("g")))
@@ -266,7 +314,8 @@ pub fn consume(brokers: &str, topic: &str, expected: usize, timeout: Duration, l
     let mut tpl = TopicPartitionList::new();
     for t in md.topics() {
         for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
         }
     }
     consumer.assign(&tpl).expect("assign");

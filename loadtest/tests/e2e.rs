@@ -1,0 +1,306 @@
+//! End to end: a short fixed-rate run of the `loadtest` binary against a real
+//! `beacond` and broker, with Kafka verification; asserts nothing is lost.
+//!
+//! Broker: `BEACOND_TEST_BROKERS` (`scripts/dev-broker start` prints one).
+//! Unset: the test prints a notice and passes, unless `BEACOND_REQUIRE_BROKER=1`.
+//! Collector: `BEACOND_BIN`, else `target/debug/beacond` next to the
+//! `loadtest` binary, built with `cargo build --bin beacond` first.
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn brokers() -> Option<String> {
+    match std::env::var("BEACOND_TEST_BROKERS") {
+        Ok(b) if !b.is_empty() => Some(b),
+        _ => {
+            if std::env::var("BEACOND_REQUIRE_BROKER").as_deref() == Ok("1") {
+                panic!("BEACOND_REQUIRE_BROKER=1 but BEACOND_TEST_BROKERS is unset");
+            }
+            eprintln!("skipped: set BEACOND_TEST_BROKERS (scripts/dev-broker start prints it) to run the loadtest e2e check");
+            None
+        }
+    }
+}
+
+fn beacond_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("BEACOND_BIN") {
+        return PathBuf::from(bin);
+    }
+    let loadtest = Path::new(env!("CARGO_BIN_EXE_loadtest"));
+    let bin = loadtest.with_file_name("beacond");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Cheap when up to date; makes `cargo test -p loadtest` test the current collector.
+    let mut child = Command::new(cargo)
+        .args(["build", "--bin", "beacond"])
+        .current_dir(workspace)
+        .spawn()
+        .expect("run cargo build --bin beacond");
+    let status = wait_bounded(&mut child, Duration::from_secs(900))
+        .expect("cargo build --bin beacond timed out");
+    assert!(status.success(), "cargo build --bin beacond failed");
+    assert!(bin.exists(), "{} missing after the build", bin.display());
+    bin
+}
+
+fn wait_bounded(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .expect("admin client");
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let res = tokio::time::timeout(Duration::from_secs(30), admin.create_topics([&new], &opts))
+            .await
+            .expect("create_topics timed out")
+            .expect("create_topics");
+        for r in res {
+            r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+        }
+    });
+}
+
+/// A running collector, killed if the test fails.
+struct Collector {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Collector {
+    fn start(bin: &Path, config: &Path, log: PathBuf) -> Collector {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        Collector { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self, admin_port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("beacond exited early ({status}):\n{}", self.log());
+            }
+            if http_status(admin_port, "/readyz") == Some(200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "beacond not ready within 30 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM; expects a clean exit.
+    fn stop(mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = wait_bounded(&mut self.child, Duration::from_secs(60));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "beacond did not exit 0 on SIGTERM: {status:?}\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn run_format(brokers: &str, beacond: &Path, format: &str) {
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos() ^ rand_nanos()
+    );
+    let topic = format!("loadtest-e2e-{format}-{unique}");
+    create_topic(brokers, &topic, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let (http, admin) = (free_port(), free_port());
+    let config = dir.path().join("beacond.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[http]
+listen = "127.0.0.1:{http}"
+routes = ["/beacon/event", "/event.gif"]
+max_query_bytes = 8192
+[admin]
+listen = "127.0.0.1:{admin}"
+[client_ip]
+trusted_proxies = ["127.0.0.1/32", "::1/128"]
+header = "x-forwarded-for"
+[output]
+format = "{format}"
+hostname = "loadtest-host"
+[kafka]
+brokers = "{brokers}"
+topic = "{topic}"
+[kafka.properties]
+"linger.ms" = "5"
+"#
+        ),
+    )
+    .unwrap();
+    let mut collector = Collector::start(beacond, &config, dir.path().join("beacond.log"));
+    collector.wait_ready(admin);
+
+    let report = dir.path().join("report.json");
+    let plot = dir.path().join("report.svg");
+    let mut lt = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["--target", &format!("http://127.0.0.1:{http}/beacon/event")])
+        .args([
+            "--rate",
+            "200",
+            "--duration",
+            "3s",
+            "--warmup",
+            "500ms",
+            "--connections",
+            "8",
+        ])
+        .args(["--invalid-fraction", "0.05"])
+        .args([
+            "--kafka-brokers",
+            brokers,
+            "--kafka-topic",
+            &topic,
+            "--kafka-drain-timeout",
+            "60s",
+        ])
+        .arg("--report-json")
+        .arg(&report)
+        .arg("--plot")
+        .arg(&plot)
+        .arg("--fail-on-loss")
+        .spawn()
+        .unwrap();
+    let status = wait_bounded(&mut lt, Duration::from_secs(180))
+        .expect("loadtest did not finish within 180 s");
+    assert!(
+        status.success(),
+        "loadtest exited {status}\ncollector log:\n{}",
+        collector.log()
+    );
+    collector.stop();
+
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let n = |v: &Value| v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"));
+    assert_eq!(n(&r["sent"]), 600, "{r:#}");
+    assert_eq!(n(&r["transport_errors"]), 0, "{r:#}");
+    assert_eq!(n(&r["unsent"]), 0);
+    let ok = n(&r["status_counts"]["204"]);
+    assert_eq!(
+        ok,
+        n(&r["valid_sent"]),
+        "every valid beacon answered 204: {:#}",
+        r["status_counts"]
+    );
+    assert_eq!(n(&r["valid_rejected"]), 0);
+    assert_eq!(n(&r["invalid_accepted"]), 0);
+    let k = &r["kafka"];
+    assert_eq!(n(&k["expected"]), ok);
+    assert_eq!(n(&k["lost"]), 0, "lost beacons: {k:#}");
+    assert_eq!(n(&k["delivered"]), ok, "{k:#}");
+    assert_eq!(n(&k["duplicated"]), 0, "{k:#}");
+    assert_eq!(n(&k["corrupted"]), 0, "capsules changed on the way: {k:#}");
+    assert_eq!(n(&k["ip_mismatch"]), 0, "client IPs: {k:#}");
+    assert_eq!(n(&k["ua_mismatch"]), 0, "user agents: {k:#}");
+    assert_eq!(
+        n(&k["reader"][format]),
+        n(&k["reader"]["messages"]) - n(&k["reader"]["foreign"]),
+        "{k:#}"
+    );
+    assert!(k["e2e_latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+}
+
+fn rand_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[test]
+fn fixed_rate_run_against_beacond_loses_nothing() {
+    let Some(brokers) = brokers() else { return };
+    let beacond = beacond_bin();
+    for format in ["varnishkafka", "json"] {
+        eprintln!("--- output format {format}");
+        run_format(&brokers, &beacond, format);
+    }
+}

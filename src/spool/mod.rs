@@ -1,0 +1,837 @@
+//! Spool: the disk log of lines Kafka has not acknowledged yet.
+//!
+//! Owns the spool directory (`spool.dir`): segment files ([`segment`]), a
+//! ledger of acknowledged positions, and one worker thread that does all disk
+//! I/O: it appends in batches (group commit), fsyncs every
+//! `spool.fsync_interval_ms` (or before answering, when 0), hands spooled
+//! records to Kafka through [`Dispatch`] (oldest first, only while the
+//! broker answers and the producer has room, so live traffic keeps flowing),
+//! tracks their acknowledgements, and deletes a segment once every record in
+//! it is acknowledged.
+//!
+//! Delivery is at-least-once. After a crash, records delivered but not yet in
+//! the ledger (written at each fsync) are sent again: duplicates are bounded
+//! by what was in flight plus one fsync interval of acknowledgements.
+//!
+//! Must never: do disk I/O on the request path (requests send a command and
+//! await the reply), delete a record before Kafka acknowledged it, or grow
+//! past `spool.max_bytes` (an append that does not fit is refused: 503).
+
+pub mod segment;
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::SpoolMetrics;
+use segment::{
+    parse_segment_file_name, scan_segment, segment_file_name, SegmentReader, SegmentWriter,
+    SpoolRecord, SEGMENT_HEADER_LEN,
+};
+
+/// When lines go to the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolMode {
+    /// Straight to the producer; to the spool when the producer cannot take a
+    /// line or its delivery fails, and while the spool is not empty.
+    #[default]
+    Overflow,
+    /// Every accepted line is written to the spool before 204 (write-ahead).
+    Always,
+}
+
+/// The spool's settings, from `[spool]`.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    pub dir: PathBuf,
+    pub mode: SpoolMode,
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+    pub fsync_interval: Duration,
+}
+
+/// Where a spooled record lives. Packed into librdkafka's message opaque.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordLocation {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool full (spool.max_bytes)")]
+    Full,
+    #[error("spool busy (too many appends waiting)")]
+    Busy,
+    #[error("spool write failed: {0}")]
+    Io(String),
+    #[error("spool stopped")]
+    Closed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolOpenError {
+    #[error("spool.dir {dir}: {source}")]
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("spool.dir {dir} is in use by another process")]
+    Locked { dir: PathBuf },
+    #[error(transparent)]
+    Segment(#[from] segment::SegmentError),
+    #[error("cannot start the spool thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Why [`Dispatch::dispatch`] did not take a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DispatchError {
+    /// Try again later.
+    Busy,
+}
+
+/// Where the spool sends its records: the Kafka producer.
+pub trait Dispatch: Send + Sync + 'static {
+    /// True while sending makes sense: the broker answers and the producer
+    /// has room for spooled records next to live traffic.
+    fn can_dispatch(&self) -> bool;
+    /// Hands a record over; its acknowledgement comes back through
+    /// [`SpoolHandle::acked`] or [`SpoolHandle::failed`] with `at`.
+    fn dispatch(&self, record: &SpoolRecord<'_>, at: RecordLocation) -> Result<(), DispatchError>;
+}
+
+/// A reply to an append: resolves once the record is written (and synced,
+/// with `fsync_interval_ms = 0`).
+pub type AppendReply = tokio::sync::oneshot::Receiver<Result<(), SpoolError>>;
+
+enum Command {
+    Append {
+        encoded: Vec<u8>,
+        reply: Option<tokio::sync::oneshot::Sender<Result<(), SpoolError>>>,
+    },
+    Acked(RecordLocation),
+    Failed {
+        at: RecordLocation,
+        permanent: bool,
+    },
+    StopDispatch,
+    Shutdown(std::sync::mpsc::Sender<()>),
+}
+
+/// How many commands may wait for the worker; beyond it appends are refused.
+const COMMAND_QUEUE: usize = 65_536;
+/// Records handed to Kafka per worker turn, at most.
+const DISPATCH_BATCH: usize = 4096;
+/// A drained active segment is deleted once it is this large or old.
+const DRAINED_SEGMENT_BYTES: u64 = 1 << 20;
+const DRAINED_SEGMENT_AGE: Duration = Duration::from_secs(5);
+
+struct Shared {
+    /// Un-acknowledged records exist (or are on their way in).
+    pending: AtomicBool,
+    /// The last append was refused for space; cleared below 90% of the cap.
+    full: AtomicBool,
+}
+
+/// The request path's and the producer's handle on the spool.
+#[derive(Clone)]
+pub struct SpoolHandle {
+    tx: SyncSender<Command>,
+    shared: Arc<Shared>,
+    mode: SpoolMode,
+}
+
+impl std::fmt::Debug for SpoolHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpoolHandle")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SpoolHandle {
+    pub fn mode(&self) -> SpoolMode {
+        self.mode
+    }
+
+    /// True while the spool holds records not yet acknowledged: in overflow
+    /// mode new lines then go to the spool too, so order is kept.
+    pub fn is_pending(&self) -> bool {
+        self.shared.pending.load(Ordering::Relaxed)
+    }
+
+    /// True when the spool refused an append for lack of space lately.
+    pub fn is_full(&self) -> bool {
+        self.shared.full.load(Ordering::Relaxed)
+    }
+
+    /// Appends a line from the request path; never blocks. Await the reply
+    /// before answering 204.
+    pub fn append(&self, record: &SpoolRecord<'_>) -> Result<AppendReply, SpoolError> {
+        let mut encoded = Vec::with_capacity(record.line.len() + 32);
+        record.encode(&mut encoded);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared.pending.store(true, Ordering::Relaxed);
+        match self.tx.try_send(Command::Append {
+            encoded,
+            reply: Some(tx),
+        }) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(SpoolError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(SpoolError::Closed),
+        }
+    }
+
+    /// Appends a line whose delivery failed (from the producer's thread).
+    /// Waits for room in the command queue rather than lose the line.
+    pub fn append_undelivered(&self, record: &SpoolRecord<'_>) -> Result<(), SpoolError> {
+        let mut encoded = Vec::with_capacity(record.line.len() + 32);
+        record.encode(&mut encoded);
+        self.shared.pending.store(true, Ordering::Relaxed);
+        self.tx
+            .send(Command::Append {
+                encoded,
+                reply: None,
+            })
+            .map_err(|_| SpoolError::Closed)
+    }
+
+    /// Kafka acknowledged a spooled record.
+    pub fn acked(&self, at: RecordLocation) {
+        let _ = self.tx.send(Command::Acked(at));
+    }
+
+    /// A spooled record's delivery failed; a permanent failure drops it
+    /// (the caller counted and reported it), a retriable one is sent again.
+    pub fn failed(&self, at: RecordLocation, permanent: bool) {
+        let _ = self.tx.send(Command::Failed { at, permanent });
+    }
+
+    /// Stops handing records to Kafka (shutdown: the producer is being flushed).
+    pub fn stop_dispatch(&self) {
+        let _ = self.tx.send(Command::StopDispatch);
+    }
+}
+
+/// The spool: its handle and its worker thread.
+pub struct Spool {
+    handle: SpoolHandle,
+    worker: Option<Worker>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _lock: File,
+}
+
+impl Spool {
+    /// Opens (creating if needed) and scans the spool directory. Records left
+    /// by a previous run are replayed once the worker starts.
+    pub fn open(settings: SpoolSettings, metrics: SpoolMetrics) -> Result<Spool, SpoolOpenError> {
+        let dir = settings.dir.clone();
+        let dir_err = |source| SpoolOpenError::Dir {
+            dir: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(dir_err)?;
+        let lock = File::create(dir.join("lock")).map_err(dir_err)?;
+        if lock.try_lock().is_err() {
+            return Err(SpoolOpenError::Locked { dir });
+        }
+        let ledger = read_ledger(&dir);
+        let mut ids: Vec<u64> = std::fs::read_dir(&dir)
+            .map_err(dir_err)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(parse_segment_file_name))
+            .collect();
+        ids.sort_unstable();
+        let mut segments = VecDeque::new();
+        let mut total_bytes = 0;
+        for &id in &ids {
+            let path = dir.join(segment_file_name(id));
+            let from = ledger
+                .iter()
+                .find(|(s, _)| *s == id)
+                .map_or(SEGMENT_HEADER_LEN, |(_, o)| *o);
+            let scan = match scan_segment(&path, from) {
+                Ok(scan) => scan,
+                Err(e) => {
+                    metrics.corrupt_segments.inc();
+                    let aside = path.with_extension("damaged");
+                    tracing::error!(error = %e, moved_to = %aside.display(), "unreadable spool segment set aside");
+                    let _ = std::fs::rename(&path, &aside);
+                    continue;
+                }
+            };
+            if let Some((at, damage, lost)) = scan.damage {
+                metrics.corrupt_segments.inc();
+                metrics.corrupt_bytes.inc_by(lost);
+                tracing::error!(
+                    segment = %path.display(), offset = at, %damage, lost_bytes = lost,
+                    kept_records = scan.records, "damaged spool segment: replaying up to the damage"
+                );
+            }
+            let file_len = std::fs::metadata(&path).map_or(scan.valid_len, |m| m.len());
+            if scan.records == 0 {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            total_bytes += file_len;
+            let start = from.clamp(SEGMENT_HEADER_LEN, scan.valid_len);
+            segments.push_back(SegmentState {
+                id,
+                path,
+                reader: None,
+                len: scan.valid_len,
+                file_len,
+                sealed: true,
+                next_dispatch: start,
+                acked_prefix: start,
+                inflight: VecDeque::new(),
+                retry: VecDeque::new(),
+                unacked_records: scan.records,
+                first_record_ms: scan.oldest_unix_ms,
+                created: Instant::now(),
+            });
+        }
+        let recovered: u64 = segments.iter().map(|s| s.unacked_records).sum();
+        if recovered > 0 {
+            tracing::info!(
+                records = recovered,
+                segments = segments.len(),
+                "spool holds records from a previous run; replaying"
+            );
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE);
+        let shared = Arc::new(Shared {
+            pending: AtomicBool::new(recovered > 0),
+            full: AtomicBool::new(false),
+        });
+        let next_id = ids.last().map_or(1, |id| id + 1);
+        let worker = Worker {
+            settings: settings.clone(),
+            rx,
+            shared: shared.clone(),
+            metrics,
+            segments,
+            writer: None,
+            next_id,
+            total_bytes,
+            dirty: false,
+            last_sync: Instant::now(),
+            ledger_dirty: false,
+            backoff: Duration::ZERO,
+            backoff_until: Instant::now(),
+            dispatch_stopped: false,
+            body: Vec::new(),
+        };
+        Ok(Spool {
+            handle: SpoolHandle {
+                tx,
+                shared,
+                mode: settings.mode,
+            },
+            worker: Some(worker),
+            thread: None,
+            _lock: lock,
+        })
+    }
+
+    pub fn handle(&self) -> SpoolHandle {
+        self.handle.clone()
+    }
+
+    /// Starts the worker thread, sending spooled records to `dispatch`.
+    pub fn start(&mut self, dispatch: Arc<dyn Dispatch>) -> Result<(), SpoolOpenError> {
+        if let Some(mut worker) = self.worker.take() {
+            let thread = std::thread::Builder::new()
+                .name("spool".into())
+                .spawn(move || worker.run(dispatch.as_ref()))
+                .map_err(SpoolOpenError::Thread)?;
+            self.thread = Some(thread);
+        }
+        Ok(())
+    }
+
+    /// Writes what is queued, fsyncs, records acknowledgements, and stops the
+    /// worker. Blocking: call off the async runtime.
+    pub fn shutdown(mut self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.handle.tx.send(Command::Shutdown(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One segment's bookkeeping.
+struct SegmentState {
+    id: u64,
+    path: PathBuf,
+    reader: Option<SegmentReader>,
+    /// End of the readable records.
+    len: u64,
+    /// Bytes on disk (counts toward `max_bytes`).
+    file_len: u64,
+    /// No more appends (an older segment, or one from a previous run).
+    sealed: bool,
+    /// Next record to hand to Kafka.
+    next_dispatch: u64,
+    /// Everything before this offset is acknowledged (what the ledger keeps).
+    acked_prefix: u64,
+    /// Records handed to Kafka, in offset order: (offset, end, acked).
+    inflight: VecDeque<(u64, u64, bool)>,
+    /// Offsets of in-flight records whose delivery failed; sent again.
+    retry: VecDeque<u64>,
+    unacked_records: u64,
+    first_record_ms: Option<u64>,
+    created: Instant,
+}
+
+impl SegmentState {
+    fn drained(&self) -> bool {
+        self.next_dispatch >= self.len && self.inflight.is_empty() && self.retry.is_empty()
+    }
+}
+
+struct Worker {
+    settings: SpoolSettings,
+    rx: Receiver<Command>,
+    shared: Arc<Shared>,
+    metrics: SpoolMetrics,
+    /// Oldest first; the active segment (if any) is last and not sealed.
+    segments: VecDeque<SegmentState>,
+    writer: Option<SegmentWriter>,
+    next_id: u64,
+    total_bytes: u64,
+    dirty: bool,
+    last_sync: Instant,
+    ledger_dirty: bool,
+    backoff: Duration,
+    backoff_until: Instant,
+    dispatch_stopped: bool,
+    body: Vec<u8>,
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<(), SpoolError>>;
+
+impl Worker {
+    fn run(&mut self, dispatch: &dyn Dispatch) {
+        let mut batch: Vec<u8> = Vec::with_capacity(1 << 20);
+        let mut batch_records: u64 = 0;
+        let mut replies: Vec<Reply> = Vec::new();
+        let mut shutdown: Option<std::sync::mpsc::Sender<()>> = None;
+        loop {
+            let wait = if self.dirty {
+                self.settings
+                    .fsync_interval
+                    .saturating_sub(self.last_sync.elapsed())
+            } else {
+                Duration::from_millis(50)
+            };
+            let first = match self.rx.recv_timeout(wait.max(Duration::from_millis(1))) {
+                Ok(cmd) => Some(cmd),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut next = first;
+            let mut handled = 0;
+            while let Some(cmd) = next {
+                match cmd {
+                    Command::Append { encoded, reply } => {
+                        self.stage(
+                            &encoded,
+                            reply,
+                            &mut batch,
+                            &mut batch_records,
+                            &mut replies,
+                        );
+                    }
+                    Command::Acked(at) => self.on_acked(at),
+                    Command::Failed { at, permanent } => self.on_failed(at, permanent),
+                    Command::StopDispatch => self.dispatch_stopped = true,
+                    Command::Shutdown(done) => {
+                        shutdown = Some(done);
+                        break;
+                    }
+                }
+                handled += 1;
+                next = if handled < 8192 {
+                    self.rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            self.commit(&mut batch, &mut batch_records, &mut replies);
+            if self.dirty
+                && (shutdown.is_some() || self.last_sync.elapsed() >= self.settings.fsync_interval)
+            {
+                self.sync();
+            }
+            if !self.dispatch_stopped && shutdown.is_none() {
+                self.dispatch(dispatch);
+            }
+            self.collect_garbage(shutdown.is_some());
+            self.publish();
+            if let Some(done) = shutdown.take() {
+                self.sync();
+                self.write_ledger();
+                let _ = done.send(());
+                return;
+            }
+        }
+        self.sync();
+        self.write_ledger();
+    }
+
+    /// Adds an encoded record to the batch being written, or refuses it.
+    fn stage(
+        &mut self,
+        encoded: &[u8],
+        reply: Option<Reply>,
+        batch: &mut Vec<u8>,
+        count: &mut u64,
+        replies: &mut Vec<Reply>,
+    ) {
+        let len = encoded.len() as u64;
+        if self.total_bytes + batch.len() as u64 + len > self.settings.max_bytes {
+            self.shared.full.store(true, Ordering::Relaxed);
+            match reply {
+                Some(r) => {
+                    self.metrics.refused_full.inc();
+                    let _ = r.send(Err(SpoolError::Full));
+                }
+                None => {
+                    // A line already answered 204 whose delivery failed, and
+                    // no room left: this is loss.
+                    self.metrics.dropped_full.inc();
+                    tracing::error!(
+                        "spool full: an undelivered line was dropped (beacond_spool_dropped_total)"
+                    );
+                }
+            }
+            return;
+        }
+        let active_len = self.writer.as_ref().map_or(0, |w| w.len());
+        if self.writer.is_some()
+            && active_len + batch.len() as u64 + len > self.settings.segment_bytes
+        {
+            // Rotate: write what is batched into the current segment first.
+            self.commit(batch, count, replies);
+            self.seal_active();
+        }
+        batch.extend_from_slice(encoded);
+        *count += 1;
+        if let Some(r) = reply {
+            replies.push(r);
+        }
+    }
+
+    /// Writes the batch to the active segment and answers the appends.
+    fn commit(&mut self, batch: &mut Vec<u8>, count: &mut u64, replies: &mut Vec<Reply>) {
+        if batch.is_empty() {
+            return;
+        }
+        let result = self.write(batch, *count);
+        if result.is_ok() && self.settings.fsync_interval.is_zero() {
+            self.sync();
+        }
+        for r in replies.drain(..) {
+            let _ = r.send(result.clone());
+        }
+        batch.clear();
+        *count = 0;
+    }
+
+    fn write(&mut self, batch: &[u8], count: u64) -> Result<(), SpoolError> {
+        if self.writer.is_none() {
+            let id = self.next_id;
+            let w = SegmentWriter::create(&self.settings.dir, id).map_err(|e| {
+                tracing::error!(error = %e, "cannot create a spool segment");
+                SpoolError::Io(e.to_string())
+            })?;
+            self.next_id += 1;
+            self.total_bytes += w.len();
+            self.segments.push_back(SegmentState {
+                id,
+                path: self.settings.dir.join(segment_file_name(id)),
+                reader: None,
+                len: w.len(),
+                file_len: w.len(),
+                sealed: false,
+                next_dispatch: w.len(),
+                acked_prefix: w.len(),
+                inflight: VecDeque::new(),
+                retry: VecDeque::new(),
+                unacked_records: 0,
+                first_record_ms: None,
+                created: Instant::now(),
+            });
+            self.writer = Some(w);
+        }
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(SpoolError::Closed);
+        };
+        if let Err(e) = writer.append(batch) {
+            tracing::error!(error = %e, "spool write failed");
+            // The segment's tail is now uncertain: seal it where it was.
+            self.seal_active();
+            return Err(SpoolError::Io(e.to_string()));
+        }
+        let new_len = writer.len();
+        self.total_bytes += batch.len() as u64;
+        if let Some(state) = self.segments.back_mut() {
+            state.len = new_len;
+            state.file_len = new_len;
+            state.unacked_records += count;
+            if state.first_record_ms.is_none() {
+                state.first_record_ms = Some(now_unix_ms());
+            }
+        }
+        self.metrics.appended.inc_by(count);
+        self.shared.pending.store(true, Ordering::Relaxed);
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn seal_active(&mut self) {
+        if let Some(w) = self.writer.take() {
+            let _ = w.sync();
+            if let Some(state) = self.segments.iter_mut().find(|s| s.id == w.id()) {
+                state.sealed = true;
+            }
+        }
+    }
+
+    fn sync(&mut self) {
+        if let Some(w) = &self.writer {
+            if let Err(e) = w.sync() {
+                tracing::error!(error = %e, "spool fsync failed");
+            }
+        }
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        if self.ledger_dirty {
+            self.write_ledger();
+        }
+    }
+
+    /// Hands records to Kafka: retries first, then in order, oldest segment first.
+    fn dispatch(&mut self, dispatch: &dyn Dispatch) {
+        if Instant::now() < self.backoff_until || !dispatch.can_dispatch() {
+            return;
+        }
+        let mut budget = DISPATCH_BATCH;
+        let mut body = std::mem::take(&mut self.body);
+        for state in self.segments.iter_mut() {
+            if state.reader.is_none()
+                && (state.next_dispatch < state.len || !state.retry.is_empty())
+            {
+                match SegmentReader::open(&state.path) {
+                    Ok(r) => state.reader = Some(r),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read spool segment");
+                        continue;
+                    }
+                }
+            }
+            // Taken out for the loop (so `state` can change), put back after.
+            let Some(reader) = state.reader.take() else {
+                continue;
+            };
+            let mut stop = false;
+            while budget > 0 {
+                let (offset, is_retry) = match state.retry.front() {
+                    Some(&off) => (off, true),
+                    None if state.next_dispatch < state.len => (state.next_dispatch, false),
+                    None => break,
+                };
+                let span = match reader.read_at(offset, state.len, &mut body) {
+                    Ok(Some(span)) => span,
+                    Ok(None) => break,
+                    Err(damage) => {
+                        // Damage after the start-up scan (disk error): stop
+                        // this segment's readable part here.
+                        self.metrics.corrupt_segments.inc();
+                        tracing::error!(segment = state.id, offset, %damage, "spool segment damaged while replaying");
+                        if is_retry {
+                            state.retry.pop_front();
+                            mark_acked(state, offset);
+                        } else {
+                            state.len = offset;
+                        }
+                        continue;
+                    }
+                };
+                let Ok(record) = SpoolRecord::decode(&body) else {
+                    break;
+                };
+                let at = RecordLocation {
+                    segment: state.id,
+                    offset,
+                };
+                if dispatch.dispatch(&record, at).is_err() {
+                    stop = true;
+                    break;
+                }
+                budget -= 1;
+                self.metrics.replayed.inc();
+                if is_retry {
+                    state.retry.pop_front();
+                } else {
+                    state.inflight.push_back((offset, span.end, false));
+                    state.next_dispatch = span.end;
+                }
+            }
+            state.reader = Some(reader);
+            if stop || budget == 0 {
+                break;
+            }
+        }
+        self.body = body;
+    }
+
+    fn find(&mut self, segment: u64) -> Option<&mut SegmentState> {
+        self.segments.iter_mut().find(|s| s.id == segment)
+    }
+
+    fn on_acked(&mut self, at: RecordLocation) {
+        self.backoff = Duration::ZERO;
+        if let Some(state) = self.find(at.segment) {
+            if mark_acked(state, at.offset) {
+                self.ledger_dirty = true;
+            }
+        }
+    }
+
+    fn on_failed(&mut self, at: RecordLocation, permanent: bool) {
+        if permanent {
+            // Counted and reported by the sink; never retried.
+            self.metrics.dropped_permanent.inc();
+            self.on_acked(at);
+            return;
+        }
+        if let Some(state) = self.find(at.segment) {
+            state.retry.push_back(at.offset);
+        }
+        self.backoff =
+            (self.backoff * 2).clamp(Duration::from_millis(250), Duration::from_secs(30));
+        self.backoff_until = Instant::now() + self.backoff;
+    }
+
+    /// Deletes segments whose every record is acknowledged.
+    fn collect_garbage(&mut self, shutting_down: bool) {
+        let active = self.writer.as_ref().map(|w| w.id());
+        let mut i = 0;
+        while i < self.segments.len() {
+            let s = &self.segments[i];
+            let is_active = Some(s.id) == active;
+            let deletable = s.drained()
+                && (s.sealed
+                    || shutting_down
+                    || (is_active
+                        && (s.file_len >= DRAINED_SEGMENT_BYTES
+                            || s.created.elapsed() >= DRAINED_SEGMENT_AGE)));
+            if !deletable {
+                i += 1;
+                continue;
+            }
+            if is_active {
+                self.writer = None;
+            }
+            if let Some(s) = self.segments.remove(i) {
+                if let Err(e) = std::fs::remove_file(&s.path) {
+                    tracing::warn!(error = %e, segment = %s.path.display(), "cannot delete spool segment");
+                }
+                self.total_bytes = self.total_bytes.saturating_sub(s.file_len);
+                self.ledger_dirty = true;
+            }
+        }
+        if self.total_bytes * 10 < self.settings.max_bytes * 9 {
+            self.shared.full.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Updates the shared flags and the metrics.
+    fn publish(&mut self) {
+        let records: u64 = self.segments.iter().map(|s| s.unacked_records).sum();
+        self.shared.pending.store(records > 0, Ordering::Relaxed);
+        self.metrics.bytes.set(self.total_bytes as i64);
+        self.metrics.records.set(records as i64);
+        self.metrics.segments.set(self.segments.len() as i64);
+        let oldest = self
+            .segments
+            .iter()
+            .filter(|s| s.unacked_records > 0)
+            .filter_map(|s| s.first_record_ms)
+            .min();
+        let age = oldest.map_or(0, |ms| now_unix_ms().saturating_sub(ms) / 1000);
+        self.metrics.oldest_record_age_seconds.set(age as i64);
+    }
+
+    /// The ledger: `segment-id acked-prefix-offset` per segment, replaced
+    /// atomically. Lost or stale, it only causes duplicates, never loss.
+    fn write_ledger(&mut self) {
+        let mut text = String::new();
+        for s in &self.segments {
+            text.push_str(&format!("{} {}\n", s.id, s.acked_prefix));
+        }
+        let tmp = self.settings.dir.join("ledger.tmp");
+        let result = File::create(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|_| f.sync_data()))
+            .and_then(|_| std::fs::rename(&tmp, self.settings.dir.join("ledger")));
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot write the spool ledger (restart may replay duplicates)");
+        }
+        self.ledger_dirty = false;
+    }
+}
+
+/// Marks a record acknowledged; advances the segment's acked prefix.
+/// Returns true when the prefix moved.
+fn mark_acked(state: &mut SegmentState, offset: u64) -> bool {
+    let Ok(i) = state.inflight.binary_search_by_key(&offset, |e| e.0) else {
+        return false;
+    };
+    if state.inflight[i].2 {
+        return false;
+    }
+    state.inflight[i].2 = true;
+    state.unacked_records = state.unacked_records.saturating_sub(1);
+    let mut moved = false;
+    while let Some(&(_, end, true)) = state.inflight.front() {
+        state.acked_prefix = end;
+        state.inflight.pop_front();
+        moved = true;
+    }
+    moved
+}
+
+fn read_ledger(dir: &Path) -> Vec<(u64, u64)> {
+    let Ok(text) = std::fs::read_to_string(dir.join("ledger")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            let (a, b) = l.split_once(' ')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect()
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests;

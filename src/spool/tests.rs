@@ -1,0 +1,328 @@
+use std::sync::Mutex;
+
+use super::*;
+use crate::metrics::Metrics;
+
+/// What the fake broker was given: location, line, key.
+type Sent = (RecordLocation, Vec<u8>, Option<Vec<u8>>);
+
+/// A dispatch target that records what it was given.
+#[derive(Default)]
+struct FakeKafka {
+    open: AtomicBool,
+    sent: Mutex<Vec<Sent>>,
+}
+
+impl Dispatch for FakeKafka {
+    fn can_dispatch(&self) -> bool {
+        self.open.load(Ordering::Relaxed)
+    }
+    fn dispatch(&self, record: &SpoolRecord<'_>, at: RecordLocation) -> Result<(), DispatchError> {
+        self.sent
+            .lock()
+            .unwrap()
+            .push((at, record.line.to_vec(), record.key.map(<[u8]>::to_vec)));
+        Ok(())
+    }
+}
+
+impl FakeKafka {
+    fn new(open: bool) -> Arc<FakeKafka> {
+        let f = FakeKafka::default();
+        f.open.store(open, Ordering::Relaxed);
+        Arc::new(f)
+    }
+    fn take(&self) -> Vec<Sent> {
+        std::mem::take(&mut *self.sent.lock().unwrap())
+    }
+    /// Waits until at least `n` records were dispatched in total.
+    fn wait_for(&self, n: usize) -> Vec<Sent> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.sent.lock().unwrap().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} dispatched",
+                self.sent.lock().unwrap().len()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.take()
+    }
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("beacond-spool-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn settings(dir: &Path) -> SpoolSettings {
+    SpoolSettings {
+        dir: dir.to_path_buf(),
+        mode: SpoolMode::Overflow,
+        max_bytes: 64 << 20,
+        segment_bytes: 1 << 20,
+        fsync_interval: Duration::from_millis(10),
+    }
+}
+
+fn open(s: SpoolSettings, kafka: &Arc<FakeKafka>) -> (Spool, SpoolHandle, Metrics) {
+    let metrics = Metrics::new();
+    let mut spool = Spool::open(s, metrics.spool.clone()).unwrap();
+    spool.start(kafka.clone()).unwrap();
+    let h = spool.handle();
+    (spool, h, metrics)
+}
+
+fn line(i: usize) -> Vec<u8> {
+    format!("?%7B%22i%22%3A{i}%7D;\thost\t{i}\t2026-11-28T00:00:00\t203.0.113.9\t\"ua\"")
+        .into_bytes()
+}
+
+fn append(h: &SpoolHandle, i: usize) -> Result<(), SpoolError> {
+    let l = line(i);
+    let rec = SpoolRecord {
+        appended_unix_ms: now_unix_ms(),
+        key: if i.is_multiple_of(2) {
+            Some(b"203.0.113.9")
+        } else {
+            None
+        },
+        line: &l,
+    };
+    h.append(&rec)?
+        .blocking_recv()
+        .unwrap_or(Err(SpoolError::Closed))
+}
+
+fn files(d: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".spool"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn appended_records_are_dispatched_in_order_and_deleted_once_acked() {
+    let d = dir("order");
+    let kafka = FakeKafka::new(true);
+    let (spool, h, metrics) = open(settings(&d), &kafka);
+    for i in 0..100 {
+        append(&h, i).unwrap();
+    }
+    let sent = kafka.wait_for(100);
+    let lines: Vec<Vec<u8>> = sent.iter().map(|s| s.1.clone()).collect();
+    assert_eq!(lines, (0..100).map(line).collect::<Vec<_>>());
+    assert_eq!(sent[0].2.as_deref(), Some(&b"203.0.113.9"[..]));
+    assert_eq!(sent[1].2, None);
+    assert!(h.is_pending());
+    for (at, _, _) in &sent {
+        h.acked(*at);
+    }
+    spool.shutdown();
+    assert!(
+        files(&d).is_empty(),
+        "drained segments deleted: {:?}",
+        files(&d)
+    );
+    assert_eq!(metrics.spool.appended.get(), 100);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_restart_replays_what_was_not_acknowledged() {
+    let d = dir("restart");
+    let kafka = FakeKafka::new(false);
+    let (spool, h, _) = open(settings(&d), &kafka);
+    for i in 0..50 {
+        append(&h, i).unwrap();
+    }
+    spool.shutdown();
+    assert_eq!(files(&d).len(), 1);
+
+    let kafka = FakeKafka::new(true);
+    let (spool, h, metrics) = open(settings(&d), &kafka);
+    assert!(h.is_pending(), "recovered records count as pending");
+    let sent = kafka.wait_for(50);
+    assert_eq!(
+        sent.iter().map(|s| s.1.clone()).collect::<Vec<_>>(),
+        (0..50).map(line).collect::<Vec<_>>()
+    );
+    // Ack only the first 20, then stop: the ledger remembers them.
+    for (at, _, _) in &sent[..20] {
+        h.acked(*at);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    spool.shutdown();
+    assert_eq!(metrics.spool.replayed.get(), 50);
+
+    let kafka = FakeKafka::new(true);
+    let (spool, h, _) = open(settings(&d), &kafka);
+    let sent = kafka.wait_for(30);
+    assert_eq!(
+        sent.iter().map(|s| s.1.clone()).collect::<Vec<_>>(),
+        (20..50).map(line).collect::<Vec<_>>()
+    );
+    for (at, _, _) in &sent {
+        h.acked(*at);
+    }
+    spool.shutdown();
+    assert!(files(&d).is_empty());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn segments_rotate_and_each_is_deleted_when_acked() {
+    let d = dir("rotate");
+    let kafka = FakeKafka::new(false);
+    let mut s = settings(&d);
+    s.segment_bytes = 4096;
+    let (spool, h, metrics) = open(s, &kafka);
+    for i in 0..200 {
+        append(&h, i).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let segs = files(&d);
+    assert!(segs.len() > 3, "rotated into several segments: {segs:?}");
+    assert_eq!(metrics.spool.segments.get() as usize, segs.len());
+    assert_eq!(metrics.spool.records.get(), 200);
+    kafka.open.store(true, Ordering::Relaxed);
+    let sent = kafka.wait_for(200);
+    // Ack the first segment's records only: it goes, the rest stay.
+    let first = sent[0].0.segment;
+    for (at, _, _) in sent.iter().filter(|s| s.0.segment == first) {
+        h.acked(*at);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(files(&d).len(), segs.len() - 1);
+    for (at, _, _) in sent.iter().filter(|s| s.0.segment != first) {
+        h.acked(*at);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!h.is_pending());
+    spool.shutdown();
+    assert!(files(&d).is_empty());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn full_spool_refuses_appends() {
+    let d = dir("full");
+    let kafka = FakeKafka::new(false);
+    let mut s = settings(&d);
+    s.max_bytes = 8192;
+    s.segment_bytes = 4096;
+    let (spool, h, metrics) = open(s, &kafka);
+    let mut ok = 0;
+    let mut full = 0;
+    for i in 0..500 {
+        match append(&h, i) {
+            Ok(()) => ok += 1,
+            Err(SpoolError::Full) => full += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(ok > 10 && full > 100, "ok {ok} full {full}");
+    assert!(h.is_full());
+    assert_eq!(metrics.spool.refused_full.get(), full);
+    assert!(metrics.spool.bytes.get() <= 8192);
+    spool.shutdown();
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn retriable_failures_are_resent_and_permanent_ones_dropped() {
+    let d = dir("retry");
+    let kafka = FakeKafka::new(true);
+    let (spool, h, metrics) = open(settings(&d), &kafka);
+    append(&h, 1).unwrap();
+    append(&h, 2).unwrap();
+    let sent = kafka.wait_for(2);
+    h.failed(sent[0].0, false);
+    h.failed(sent[1].0, true);
+    let again = kafka.wait_for(1);
+    assert_eq!(again[0].0, sent[0].0);
+    assert_eq!(again[0].1, line(1));
+    h.acked(again[0].0);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!h.is_pending());
+    assert_eq!(metrics.spool.dropped_permanent.get(), 1);
+    spool.shutdown();
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn corrupt_and_truncated_segments_replay_up_to_the_damage() {
+    let d = dir("corrupt");
+    let kafka = FakeKafka::new(false);
+    let mut s = settings(&d);
+    s.segment_bytes = 2048;
+    let (spool, h, _) = open(s.clone(), &kafka);
+    for i in 0..60 {
+        append(&h, i).unwrap();
+    }
+    spool.shutdown();
+    let segs = files(&d);
+    assert!(segs.len() >= 3);
+    // Tear the last segment mid-record, flip a byte in the middle of the
+    // first, and give a third a bad header.
+    let last = d.join(&segs[segs.len() - 1]);
+    let len = std::fs::metadata(&last).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+    let first = d.join(&segs[0]);
+    let mut bytes = std::fs::read(&first).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&first, &bytes).unwrap();
+    let second = d.join(&segs[1]);
+    let mut bytes = std::fs::read(&second).unwrap();
+    bytes[0] = b'X';
+    std::fs::write(&second, &bytes).unwrap();
+
+    let kafka = FakeKafka::new(true);
+    let (spool, h, metrics) = open(s, &kafka);
+    assert_eq!(metrics.spool.corrupt_segments.get(), 3);
+    assert!(metrics.spool.corrupt_bytes.get() > 0);
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = kafka.take();
+    let got: Vec<Vec<u8>> = sent.iter().map(|s| s.1.clone()).collect();
+    // Every replayed record is intact and in order; only damaged ones are missing.
+    let all: Vec<Vec<u8>> = (0..60).map(line).collect();
+    let mut idx = 0;
+    for g in &got {
+        while idx < all.len() && &all[idx] != g {
+            idx += 1;
+        }
+        assert!(idx < all.len(), "replayed a record that was never written");
+    }
+    assert!(got.len() >= 20 && got.len() < 60, "replayed {}", got.len());
+    assert!(
+        d.join(segs[1].replace(".spool", ".damaged")).exists(),
+        "bad header set aside"
+    );
+    for (at, _, _) in &sent {
+        h.acked(*at);
+    }
+    spool.shutdown();
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn one_process_per_directory() {
+    let d = dir("lock");
+    let kafka = FakeKafka::new(false);
+    let (spool, _h, _) = open(settings(&d), &kafka);
+    let second = Spool::open(settings(&d), Metrics::new().spool.clone());
+    assert!(matches!(second, Err(SpoolOpenError::Locked { .. })));
+    spool.shutdown();
+    let _ = std::fs::remove_dir_all(&d);
+}

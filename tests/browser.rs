@@ -1,0 +1,725 @@
+//! A real browser, end to end: headless Chromium loads a page that sends
+//! beacons exactly as the EventLogging client does, to collectors running
+//! in-process against a real broker, and every event is read back from Kafka.
+//!
+//! The page sends each event twice per collector: once with
+//! `navigator.sendBeacon(url)` (POST, empty body) and once with the image
+//! fallback `new Image().src = url` (GET), where
+//! `url = base + '?' + encodeURIComponent(JSON.stringify(capsule)) + ';'` and,
+//! as in the client, URLs over 2000 characters are not sent. The collector
+//! does not record the method, so the two paths are told apart by the event
+//! id. Two collectors run side by side, one per output format (varnishkafka
+//! and json), each on its own topic.
+//!
+//! The page reports back to the test (same-origin `POST /report`) what it
+//! sent: each URL's length, whether `sendBeacon` queued it, and
+//! `navigator.userAgent`. Chromium keeps running until Kafka holds every
+//! event, so no beacon is cut off by the browser exiting.
+//!
+//! Needs `/usr/bin/chromium` (Debian's `chromium`); where it is missing the
+//! test runs `scripts/install-deps chromium`. Skipped without a broker, like
+//! the other end-to-end tests (see `tests/common/mod.rs`).
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use common::*;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// The EventLogging client does not send URLs longer than this.
+const MAX_URL: usize = 2000;
+/// How long Chromium may take to start, load the page and send everything.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the beacons may take to reach Kafka after the page has sent them.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(20);
+/// The whole test after Chromium is installed; past this a watchdog kills
+/// Chromium and fails the test, whatever it is stuck in.
+const TEST_BUDGET: Duration = Duration::from_secs(90);
+/// Keys the json format adds to the capsule.
+const JSON_OWN_KEYS: [&str; 6] = ["recvFrom", "seqId", "dt", "ip", "userAgent", "uuid"];
+
+/// `encodeURIComponent`: all but `A-Z a-z 0-9 - _ . ! ~ * ' ( )` is
+/// percent-encoded, byte by byte of the UTF-8.
+fn js_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The EventLogging processor's decoding: strip `?` and `;`, `+` is a space,
+/// then strict percent-decoding and UTF-8.
+fn decode_query(q: &str) -> String {
+    let q = q.strip_prefix('?').unwrap_or(q);
+    let q = q.strip_suffix(';').unwrap_or(q);
+    let raw = q.as_bytes();
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'+' => bytes.push(b' '),
+            b'%' => {
+                let hex = raw
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .unwrap_or_else(|| panic!("bad percent escape at {i} in {q:?}"));
+                bytes.push(hex);
+                i += 2;
+            }
+            b => bytes.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(bytes).unwrap_or_else(|e| panic!("query is not UTF-8: {e}: {q:?}"))
+}
+
+/// The URL the page builds, as the client does. `serde_json` writes object
+/// keys sorted and escapes strings as `JSON.stringify` does; the page gets the
+/// capsule in that same key order, so the lengths agree (the test checks
+/// them against the page's own).
+fn beacon_url(base: &str, capsule: &Value) -> String {
+    format!("{base}?{};", js_encode(&capsule.to_string()))
+}
+
+/// One event the page sends: `path` is `beacon` (sendBeacon, POST) or
+/// `image` (GET).
+#[derive(Debug, Clone)]
+struct Planned {
+    id: String,
+    path: &'static str,
+    capsule: Value,
+}
+
+/// The events: each template once per path, with a unique id. The last one
+/// is padded so that its URL to the longest base is exactly 2000 characters.
+fn plan(run: &str, longest_base: &str) -> Vec<Planned> {
+    let templates: Vec<(&str, Value)> = vec![
+        (
+            "plain",
+            json!({
+                "action": "click", "count": 3, "ratio": 1.5, "negative": -42, "enabled": true,
+                "nothing": null, "tags": ["a", "b", ""], "nested": {"depth": {"level": 2}}
+            }),
+        ),
+        (
+            "unicode",
+            json!({
+                "text": "Déjà vu — Ελληνικά, русский, 日本語, עברית, العربية, हिन्दी",
+                "title": "Spezial:Suche/Ünïcödé",
+            }),
+        ),
+        (
+            "emoji",
+            json!({
+                "text": "😀👍🏽🇩🇪 👨‍👩‍👧‍👦 ❤️ 🎉",
+                "astral": "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝄞 🀄",
+            }),
+        ),
+        (
+            "reserved",
+            json!({
+                "text": "a+b=c & d%20e; f?g#h/i \"quoted\" back\\slash\ttab\nnewline !'()*~",
+                "markup": "<script>alert(1)</script><!-- -->",
+                "query": "?x=1;y=2",
+                "control": "\u{1}\u{1f}\u{7f}",
+            }),
+        ),
+        (
+            "near-limit",
+            json!({"text": "Near the limit: ünïcödé 😀 日本語 "}),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, event) in templates {
+        for path in ["beacon", "image"] {
+            let id = format!("{run}-{name}-{path}");
+            let mut event = event.clone();
+            event["id"] = json!(id);
+            let mut capsule = json!({
+                "event": event,
+                "schema": "BrowserEndToEnd",
+                "revision": if path == "beacon" { json!(12345) } else { json!(-1) },
+                "webHost": "test.wikipedia.org",
+                "wiki": "testwiki",
+            });
+            if name == "near-limit" {
+                // Each `x` adds one character to the URL.
+                let short = beacon_url(longest_base, &capsule).len();
+                assert!(
+                    short < MAX_URL,
+                    "the near-limit prefix is already {short} long"
+                );
+                let text = capsule["event"]["text"].as_str().unwrap().to_string();
+                capsule["event"]["text"] = json!(text + &"x".repeat(MAX_URL - short));
+                assert_eq!(beacon_url(longest_base, &capsule).len(), MAX_URL);
+            }
+            out.push(Planned { id, path, capsule });
+        }
+    }
+    out
+}
+
+/// The page: the events and bases inline, the client's sending code, and a
+/// report back to the test once every beacon is queued and every image
+/// request has ended (a 204 fires `onerror` on an image: that is expected).
+fn page(bases: &[String], planned: &[Planned]) -> String {
+    let beacons: Vec<Value> = planned
+        .iter()
+        .map(|p| json!({"path": p.path, "capsule": p.capsule}))
+        .collect();
+    // Inside <script>, `<` could end the element; `\u003c` is the same
+    // character to JavaScript.
+    let script_json = |v: &Value| v.to_string().replace('<', "\\u003c");
+    format!(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>beacond browser test</title></head>
+<body><p id="status">sending</p>
+<script>
+// Its own element, so it reports even a syntax error in the next one.
+function report(body) {{
+  fetch('/report', {{ method: 'POST', headers: {{ 'Content-Type': 'application/json' }}, body: JSON.stringify(body) }});
+}}
+window.addEventListener('error', (e) => report({{ error: String(e.message) + ' at line ' + e.lineno }}));
+</script>
+<script>
+"use strict";
+const BASES = {bases};
+const BEACONS = {beacons};
+const MAX_URL = {MAX_URL};
+const results = [];
+let pending = 1;
+function ended() {{
+  if (--pending === 0) {{
+    document.getElementById('status').textContent = 'done';
+    report({{ userAgent: navigator.userAgent, results }});
+  }}
+}}
+for (const base of BASES) {{
+  for (const b of BEACONS) {{
+    // As ext.eventLogging's core.js builds and sends it.
+    const url = base + '?' + encodeURIComponent(JSON.stringify(b.capsule)) + ';';
+    const r = {{ id: b.capsule.event.id, base, path: b.path, length: url.length }};
+    results.push(r);
+    if (url.length > MAX_URL) {{
+      r.outcome = 'refused';
+    }} else if (b.path === 'beacon') {{
+      r.outcome = navigator.sendBeacon(url) ? 'queued' : 'not queued';
+    }} else {{
+      pending++;
+      const img = new Image();
+      img.onload = () => {{ r.outcome = 'load'; ended(); }};
+      img.onerror = () => {{ r.outcome = 'error'; ended(); }};
+      img.src = url;
+    }}
+  }}
+}}
+ended();
+</script>
+</body></html>
+"#,
+        bases = script_json(&json!(bases)),
+        beacons = script_json(&Value::Array(beacons)),
+    )
+}
+
+/// A tiny HTTP/1.1 responder for the page: `GET /` is the page,
+/// `POST /report` forwards its body (and the request's user agent) to the
+/// test, anything else is 404. One request per connection.
+async fn serve_page(
+    listener: TcpListener,
+    html: String,
+    reports: mpsc::UnboundedSender<(String, Vec<u8>)>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let (html, reports) = (html.clone(), reports.clone());
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &html, &reports))
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    mut s: TcpStream,
+    html: &str,
+    reports: &mpsc::UnboundedSender<(String, Vec<u8>)>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 || buf.len() > 1 << 20 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default().to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let len: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < len {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    let mut parts = request_line.split(' ');
+    let (method, target) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let (status, content_type, content): (&str, &str, &[u8]) = match (method, target) {
+        ("GET", "/") => ("200 OK", "text/html; charset=utf-8", html.as_bytes()),
+        ("POST", "/report") => {
+            let _ = reports.send((header("user-agent").unwrap_or_default(), body));
+            ("204 No Content", "text/plain", b"")
+        }
+        _ => ("404 Not Found", "text/plain", b"not found\n"),
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nCache-Control: no-store\r\nConnection: close\r\n"
+    );
+    if !status.starts_with("204") {
+        response.push_str(&format!("Content-Length: {}\r\n", content.len()));
+    }
+    response.push_str("\r\n");
+    s.write_all(response.as_bytes()).await?;
+    s.write_all(content).await?;
+    s.shutdown().await
+}
+
+/// Where the test is, for its log and for the watchdog.
+static STEP: Mutex<&str> = Mutex::new("starting");
+/// The process group of the running Chromium (0: none), for the watchdog.
+static BROWSER_GROUP: AtomicU32 = AtomicU32::new(0);
+
+fn step(started: Instant, name: &'static str) {
+    eprintln!("[browser test +{:.1?}] {name}", started.elapsed());
+    *STEP.lock().unwrap_or_else(|e| e.into_inner()) = name;
+}
+
+/// Fails the test (and kills Chromium) if it runs past `budget`, even if it
+/// is stuck where no timeout reaches.
+fn watchdog(budget: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(budget);
+        let at = *STEP.lock().unwrap_or_else(|e| e.into_inner());
+        eprintln!("browser test: still running after {budget:?}, at step {at:?}: giving up");
+        let group = BROWSER_GROUP.load(Ordering::SeqCst);
+        if group != 0 {
+            kill_group(group, "KILL");
+        }
+        std::process::exit(101);
+    });
+}
+
+fn kill_group(group: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), "--", &format!("-{group}")])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Installs Chromium where it is missing (bounded, so a stuck apt fails the
+/// test instead of hanging it).
+fn ensure_chromium() {
+    if Path::new(CHROMIUM).exists() {
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-deps");
+    eprintln!(
+        "{CHROMIUM} is missing: running {} chromium",
+        script.display()
+    );
+    let mut child = Command::new(&script)
+        .arg("chromium")
+        .spawn()
+        .expect("run scripts/install-deps");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for install-deps") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("scripts/install-deps chromium took over 10 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        status.success(),
+        "scripts/install-deps chromium failed: {status}"
+    );
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} still missing after install-deps"
+    );
+}
+
+/// Headless Chromium on a fresh profile, in its own process group. Dropping
+/// it kills the group and removes the profile; if the test is failing, its
+/// log is printed first.
+struct Browser {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Browser {
+    fn launch(url: &str) -> Browser {
+        use std::os::unix::process::CommandExt;
+        let dir = std::env::temp_dir().join(unique_topic("beacond-chromium"));
+        std::fs::create_dir_all(&dir).expect("profile dir");
+        let log = std::fs::File::create(dir.join("chromium.log")).expect("log file");
+        let child = Command::new(CHROMIUM)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+            ])
+            .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("start chromium");
+        BROWSER_GROUP.store(child.id(), Ordering::SeqCst);
+        Browser { child, dir }
+    }
+
+    /// Has the browser exited already?
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("chromium.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Without D-Bus on test machines, those lines are noise.
+            let log = self.log();
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains(":ERROR:dbus/"))
+                .rev()
+                .take(40)
+                .collect();
+            eprintln!("--- chromium log (last 40 lines, D-Bus errors left out) ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        // A clean exit first, so the browser reaps its renderer, GPU and
+        // utility processes; then the whole group, whatever is left.
+        let group = self.child.id();
+        let _ = Command::new("kill")
+            .args(["-TERM", &group.to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.exited().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        kill_group(group, "KILL");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        BROWSER_GROUP.store(0, Ordering::SeqCst);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits for the page's report: the user agent it was sent with and the page's
+/// own record of each beacon. A script error on the page fails the test.
+async fn page_report(
+    reports: &mut mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    browser: &mut Browser,
+) -> (String, Value) {
+    let wait = async {
+        loop {
+            tokio::select! {
+                r = reports.recv() => return r,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if let Some(status) = browser.exited() {
+                        panic!("chromium exited ({status}) before the page reported");
+                    }
+                }
+            }
+        }
+    };
+    let (ua, body) = tokio::time::timeout(PAGE_TIMEOUT, wait)
+        .await
+        .unwrap_or_else(|_| panic!("no report from the page within {PAGE_TIMEOUT:?}"))
+        .expect("page server running");
+    let v: Value = serde_json::from_slice(&body).expect("report is JSON");
+    if let Some(e) = v.get("error") {
+        panic!("script error on the page: {e}");
+    }
+    (ua, v)
+}
+
+/// A beacon in the varnishkafka format: the id in its event, the decoded capsule, the user agent.
+fn parse_varnishkafka(payload: &[u8]) -> (String, Value, String) {
+    let line = std::str::from_utf8(payload).expect("line is UTF-8");
+    let f: Vec<&str> = line.split('\t').collect();
+    assert_eq!(f.len(), 6, "six tab-separated fields: {line:?}");
+    assert!(
+        f[0].starts_with('?') && f[0].ends_with(';'),
+        "query with ? and ;: {:?}",
+        f[0]
+    );
+    assert_eq!(f[1], "test-host");
+    f[2].parse::<u64>().expect("sequence number");
+    assert_eq!(f[3].len(), 19, "receive time: {:?}", f[3]);
+    assert_eq!(f[4], "127.0.0.1");
+    let ua = f[5]
+        .strip_prefix('"')
+        .and_then(|u| u.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("quoted user agent: {:?}", f[5]));
+    let capsule: Value = serde_json::from_str(&decode_query(f[0])).expect("query decodes to JSON");
+    let id = capsule["event"]["id"]
+        .as_str()
+        .expect("event id")
+        .to_string();
+    (id, capsule, ua.to_string())
+}
+
+/// A beacon in the json format: the id, the capsule (our own keys removed), the user agent.
+fn parse_json(payload: &[u8]) -> (String, Value, String) {
+    let mut v: Value = serde_json::from_slice(payload).expect("json message");
+    let obj = v.as_object_mut().expect("an object");
+    assert_eq!(obj["recvFrom"], "test-host");
+    assert_eq!(obj["ip"], "127.0.0.1");
+    assert!(obj["seqId"].is_u64());
+    let uuid = obj["uuid"].as_str().expect("uuid");
+    assert!(
+        uuid.len() == 32 && uuid.bytes().all(|b| b.is_ascii_hexdigit()),
+        "uuid {uuid}"
+    );
+    let ua = obj["userAgent"].as_str().expect("userAgent").to_string();
+    for k in JSON_OWN_KEYS {
+        obj.remove(k);
+    }
+    let id = v["event"]["id"].as_str().expect("event id").to_string();
+    (id, v, ua)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_beacons_reach_kafka_exactly_once() {
+    let Some(brokers) = broker() else { return };
+    ensure_chromium();
+    let started = Instant::now();
+    watchdog(TEST_BUDGET);
+    step(started, "creating topics");
+
+    // Two collectors, one per output format, each on its own topic.
+    let vk_topic = unique_topic("browser-vk");
+    let json_topic = unique_topic("browser-json");
+    create_topic(&brokers, &vk_topic, 2).await;
+    create_topic(&brokers, &json_topic, 1).await;
+    step(started, "starting the collectors");
+    let vk = Running::start(test_config(&brokers, &vk_topic)).await;
+    let mut json_config = test_config(&brokers, &json_topic);
+    json_config.output.format = beacond::format::OutputFormat::Json;
+    let js = Running::start(json_config).await;
+    step(started, "waiting for readiness");
+    vk.wait_ready().await;
+    js.wait_ready().await;
+    let base = |a: SocketAddr| format!("http://{a}/beacon/event");
+    let bases = vec![base(vk.beacon), base(js.beacon)];
+    let longest = bases.iter().max_by_key(|b| b.len()).unwrap().clone();
+
+    let run = unique_topic("run");
+    let planned = plan(&run, &longest);
+    let by_id: HashMap<&str, &Planned> = planned.iter().map(|p| (p.id.as_str(), p)).collect();
+
+    // The page, on a loopback port of its own (another origin than the collectors).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let page_addr = listener.local_addr().unwrap();
+    let (tx, mut reports) = mpsc::unbounded_channel();
+    let server = tokio::spawn(serve_page(listener, page(&bases, &planned), tx));
+
+    step(started, "chromium loads the page and sends");
+    let mut browser = Browser::launch(&format!("http://{page_addr}/"));
+    let (report_ua, report) = page_report(&mut reports, &mut browser).await;
+    let sent_at = started.elapsed();
+
+    // What the page did, per beacon: every URL as long as computed here
+    // (the near-limit ones exactly 2000 to the longest base), none refused,
+    // every sendBeacon queued, every image request ended.
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), planned.len() * bases.len());
+    for r in results {
+        let id = r["id"].as_str().unwrap();
+        let p = by_id[id];
+        let b = r["base"].as_str().unwrap();
+        let want_len = beacon_url(b, &p.capsule).len();
+        assert_eq!(r["length"], json!(want_len), "URL length of {id} to {b}");
+        // An image answered 204 fires `onerror` (no image data): expected.
+        let want: &[&str] = if p.path == "beacon" {
+            &["queued"]
+        } else {
+            &["error", "load"]
+        };
+        let outcome = r["outcome"].as_str().unwrap_or("none");
+        assert!(want.contains(&outcome), "{id} to {b}: {r}");
+    }
+    let at_limit = results
+        .iter()
+        .filter(|r| r["length"] == json!(MAX_URL))
+        .count();
+    assert!(
+        at_limit >= 2,
+        "the near-limit beacons are {MAX_URL} characters long in the browser"
+    );
+    let page_ua = report["userAgent"].as_str().expect("navigator.userAgent");
+    assert_eq!(
+        page_ua, report_ua,
+        "navigator.userAgent is the User-Agent header"
+    );
+    assert!(
+        page_ua.contains("Chrome"),
+        "a Chromium user agent: {page_ua}"
+    );
+
+    // Kafka: each event exactly once per collector, decoding to the object
+    // the page sent, with Chromium's user agent. The browser stays up until
+    // then, so no beacon is cut off by its exit.
+    step(started, "reading Kafka");
+    // On plain threads, not `spawn_blocking`: a consumer stuck in librdkafka
+    // then fails the test instead of holding up the runtime's shutdown.
+    let consume_topic = |topic: String| {
+        let brokers = brokers.clone();
+        let n = planned.len();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(consume(
+                &brokers,
+                &topic,
+                n,
+                KAFKA_TIMEOUT,
+                Duration::from_secs(2),
+            ));
+        });
+        async move {
+            tokio::time::timeout(KAFKA_TIMEOUT + Duration::from_secs(15), rx)
+                .await
+                .expect("the Kafka consumer returns in time")
+                .expect("the Kafka consumer does not panic")
+        }
+    };
+    let (vk_msgs, json_msgs) = tokio::join!(
+        consume_topic(vk_topic.clone()),
+        consume_topic(json_topic.clone())
+    );
+    let in_kafka_at = started.elapsed();
+    step(started, "stopping chromium");
+    drop(browser);
+    server.abort();
+    step(started, "checking");
+
+    for (name, msgs, parse) in [
+        (
+            "varnishkafka",
+            &vk_msgs,
+            parse_varnishkafka as fn(&[u8]) -> (String, Value, String),
+        ),
+        ("json", &json_msgs, parse_json),
+    ] {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for m in msgs.iter() {
+            let (id, capsule, ua) = parse(&m.payload);
+            let p = by_id
+                .get(id.as_str())
+                .unwrap_or_else(|| panic!("{name}: unexpected event {id}"));
+            assert_eq!(
+                capsule, p.capsule,
+                "{name}: {id} decodes to what the page sent"
+            );
+            assert_eq!(ua, page_ua, "{name}: {id} carries Chromium's user agent");
+            *seen.entry(id).or_default() += 1;
+        }
+        for p in &planned {
+            let n = seen.get(&p.id).copied().unwrap_or(0);
+            assert_eq!(
+                n, 1,
+                "{name}: {} ({}) arrived {n} times, not once",
+                p.id, p.path
+            );
+        }
+        assert_eq!(msgs.len(), planned.len(), "{name}: no other messages");
+    }
+
+    // The collectors saw nothing but good beacons.
+    for (name, svc) in [("varnishkafka", &vk), ("json", &js)] {
+        let m = svc.metrics().await;
+        assert_eq!(
+            m.get("beacond_requests_total{status=\"204\"}"),
+            planned.len() as f64,
+            "{name}: 204s"
+        );
+        for (k, v) in &m.0 {
+            if k.starts_with("beacond_requests_total{") && !k.contains("\"204\"") {
+                assert_eq!(*v, 0.0, "{name}: {k}");
+            }
+        }
+    }
+    eprintln!(
+        "{} beacons per collector from {page_ua}: page done at {sent_at:.1?}, all in Kafka at {in_kafka_at:.1?}",
+        planned.len()
+    );
+    step(started, "stopping the collectors");
+    vk.stop().await;
+    js.stop().await;
+    step(started, "done");
+}

@@ -1,0 +1,385 @@
+//! Nothing is lost once 204 is sent: broker outages (librdkafka's mock
+//! cluster, brokers taken down for longer than `message.timeout.ms`),
+//! shutdown with undelivered lines, and `kill -9` in `always` mode.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use beacond::config::PropertyValue;
+use common::*;
+use rdkafka::mocking::MockCluster;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Sends numbered beacons on one keep-alive connection (reconnecting when
+/// needed) until `stop` is set; returns the ids answered 204 and the count of
+/// other answers by status.
+async fn load(
+    addr: std::net::SocketAddr,
+    prefix: String,
+    pause: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (Vec<String>, HashMap<u16, u64>) {
+    let mut ok = Vec::new();
+    let mut other: HashMap<u16, u64> = HashMap::new();
+    let mut conn: Option<TcpStream> = None;
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let id = format!("{prefix}-{n}");
+        n += 1;
+        if conn.is_none() {
+            conn = TcpStream::connect(addr).await.ok();
+            if conn.is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        }
+        let Some(s) = conn.as_mut() else { continue };
+        let req = format!(
+            "POST /beacon/event?%7B%22event%22%3A%7B%22id%22%3A%22{id}%22%7D%2C%22schema%22%3A%22T%22%2C%22revision%22%3A1%7D; HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+        );
+        let answer = match s.write_all(req.as_bytes()).await {
+            Ok(()) => read_response(s).await.ok(),
+            Err(_) => None,
+        };
+        match answer {
+            Some(r) if r.status == 204 => ok.push(id),
+            Some(r) => *other.entry(r.status).or_default() += 1,
+            None => conn = None,
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    (ok, other)
+}
+
+/// The ids found in varnishkafka lines.
+fn ids_in(messages: &[Received]) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for m in messages {
+        let line = String::from_utf8_lossy(&m.payload);
+        if let Some(rest) = line.split("%22id%22%3A%22").nth(1) {
+            if let Some(id) = rest.split("%22").next() {
+                *seen.entry(id.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    seen
+}
+
+/// Asserts every id answered 204 is present; returns the duplicate count.
+fn assert_none_lost(sent: &[String], seen: &HashMap<String, usize>) -> usize {
+    let lost: Vec<&String> = sent.iter().filter(|id| !seen.contains_key(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} beacons answered 204 are missing, e.g. {:?}",
+        lost.len(),
+        sent.len(),
+        &lost[..lost.len().min(5)]
+    );
+    seen.values().map(|n| n - 1).sum()
+}
+
+async fn wait_spool_drained(svc: &Running, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let m = svc.metrics().await;
+        if m.get("beacond_spool_records") == 0.0
+            && m.get("beacond_kafka_producer_queue_depth") == 0.0
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spool not drained: {} records",
+            m.get("beacond_spool_records")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_longer_than_message_timeout_loses_nothing() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let topic = unique_topic("outage");
+    mock.create_topic(&topic, 3, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let mut config = test_config(&brokers, &topic);
+    for (k, v) in [
+        ("message.timeout.ms", "2000"),
+        ("linger.ms", "5"),
+        ("retry.backoff.ms", "100"),
+    ] {
+        config
+            .kafka
+            .properties
+            .insert(k.into(), PropertyValue::Text(v.into()));
+    }
+    config.spool.fsync_interval_ms = 10;
+    let svc = Running::start(config).await;
+    svc.wait_ready().await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loader = tokio::spawn(load(
+        svc.beacon,
+        "o".into(),
+        Duration::from_millis(5),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    mock.broker_down(1).unwrap();
+    // Longer than message.timeout.ms (whose expiry librdkafka reports late).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    mock.broker_up(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, other) = loader.await.unwrap();
+    assert!(
+        other.is_empty(),
+        "only 204s expected during the outage: {other:?}"
+    );
+    assert!(sent.len() > 300, "load ran: {}", sent.len());
+
+    wait_spool_drained(&svc, Duration::from_secs(90)).await;
+    let m = svc.metrics().await;
+    assert!(
+        m.get("beacond_spool_appended_total") > 0.0,
+        "the outage went through the spool"
+    );
+    let got = consume(
+        &brokers,
+        &topic,
+        sent.len(),
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    );
+    let dups = assert_none_lost(&sent, &ids_in(&got));
+    eprintln!(
+        "outage: {} answered 204, {} in Kafka, lost 0, duplicates {dups}, spooled {}",
+        sent.len(),
+        got.len(),
+        m.get("beacond_spool_appended_total")
+    );
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_spools_what_kafka_did_not_take_and_the_next_start_delivers_it() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let topic = unique_topic("shutdown");
+    mock.create_topic(&topic, 3, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let mut config = test_config(&brokers, &topic);
+    // Lines wait in the producer for a while: at shutdown, many are queued.
+    config
+        .kafka
+        .properties
+        .insert("linger.ms".into(), PropertyValue::Text("2000".into()));
+    config.shutdown.flush_timeout_seconds = 0;
+    let spool_dir = config.spool.dir.clone();
+    let svc = Running::start(config.clone()).await;
+    svc.wait_ready().await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loader = tokio::spawn(load(svc.beacon, "s".into(), Duration::ZERO, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Shut down under load (what SIGTERM does); the loader sees the door close.
+    svc.stop().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, _) = loader.await.unwrap();
+    assert!(!sent.is_empty());
+    let leftover = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".spool"))
+        .count();
+    assert!(leftover > 0, "undelivered lines were spooled at shutdown");
+
+    // The next start, same spool: everything arrives.
+    let svc = Running::start(config).await;
+    wait_spool_drained(&svc, Duration::from_secs(60)).await;
+    let got = consume(
+        &brokers,
+        &topic,
+        sent.len(),
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    );
+    let dups = assert_none_lost(&sent, &ids_in(&got));
+    eprintln!(
+        "shutdown: {} answered 204, lost 0, duplicates {dups}",
+        sent.len()
+    );
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_full_with_broker_down_sheds_with_503_in_bounded_memory_then_recovers() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let topic = unique_topic("full");
+    mock.create_topic(&topic, 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let mut config = test_config(&brokers, &topic);
+    for (k, v) in [
+        ("queue.buffering.max.messages", "50"),
+        ("message.timeout.ms", "600000"),
+    ] {
+        config
+            .kafka
+            .properties
+            .insert(k.into(), PropertyValue::Text(v.into()));
+    }
+    config.spool.max_bytes = 128 * 1024;
+    config.spool.segment_bytes = 32 * 1024;
+    let svc = Running::start(config).await;
+    svc.wait_ready().await;
+    mock.broker_down(1).unwrap();
+
+    let rss_before = rss_kib();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loader = tokio::spawn(load(svc.beacon, "f".into(), Duration::ZERO, stop.clone()));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let ready = get(svc.admin, "/readyz", &[]).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, other) = loader.await.unwrap();
+    let rss_after = rss_kib();
+    let shed = other.get(&503).copied().unwrap_or(0);
+    assert!(
+        shed > 1000,
+        "503s once producer queue and spool are full: {other:?}"
+    );
+    assert_eq!(ready.status, 503, "not ready while shedding");
+    let m = svc.metrics().await;
+    assert!(m.get("beacond_spool_bytes") <= 128.0 * 1024.0);
+    assert!(m.get("beacond_beacons_refused_total{reason=\"spool_full\"}") > 0.0);
+    let r = get(svc.beacon, "/beacon/event?%7B%7D", &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    eprintln!(
+        "spool full: {} accepted, {shed} shed, RSS {rss_before} KiB -> {rss_after} KiB",
+        sent.len()
+    );
+    assert!(
+        rss_after.saturating_sub(rss_before) < 64 * 1024,
+        "memory bounded while shedding: {rss_before} -> {rss_after} KiB"
+    );
+
+    // Recovery: the broker returns, the spool drains, beacons are welcome again.
+    mock.broker_up(1).unwrap();
+    wait_spool_drained(&svc, Duration::from_secs(60)).await;
+    svc.wait_ready().await;
+    assert_eq!(
+        get(svc.beacon, "/beacon/event?%7B%7D", &[]).await.status,
+        204
+    );
+    let got = consume(
+        &brokers,
+        &topic,
+        sent.len(),
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    );
+    let dups = assert_none_lost(&sent, &ids_in(&got));
+    eprintln!("spool full: recovered, lost 0, duplicates {dups}");
+    svc.stop().await;
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn kill_9_in_always_mode_loses_nothing_answered_204() {
+    let Some(brokers) = broker() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let topic = unique_topic("kill9");
+    rt.block_on(create_topic(&brokers, &topic, 3));
+    let spool = temp_dir("kill9-spool");
+    let beacon_port = free_port();
+    let admin_port = free_port();
+    let config_path = temp_dir("kill9-cfg").join("beacond.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{beacon_port}\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+             [output]\nhostname = \"kill9-host\"\n[kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\n\
+             [kafka.properties]\n\"linger.ms\" = 500\n\
+             [spool]\nmode = \"always\"\ndir = \"{}\"\nfsync_interval_ms = 50\n[shutdown]\ndrain_seconds = 0\n",
+            spool.display()
+        ),
+    )
+    .unwrap();
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_beacond"))
+            .args(["--config", config_path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let beacon: std::net::SocketAddr = format!("127.0.0.1:{beacon_port}").parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let wait_ready = || {
+        rt.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while raw_request(admin, b"GET /readyz HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .await
+                .map_or(true, |r| r.status != 200)
+            {
+                assert!(Instant::now() < deadline, "collector not ready");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let mut child = start();
+    wait_ready();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loader = rt.spawn(load(beacon, "k".into(), Duration::ZERO, stop.clone()));
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, _) = rt.block_on(loader).unwrap();
+    assert!(sent.len() > 50, "load ran: {}", sent.len());
+
+    let mut child = start();
+    wait_ready();
+    let got = consume(
+        &brokers,
+        &topic,
+        sent.len(),
+        Duration::from_secs(60),
+        Duration::from_secs(3),
+    );
+    let seen = ids_in(&got);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let dups = assert_none_lost(&sent, &seen);
+    eprintln!(
+        "kill -9: {} answered 204, lost 0, duplicates {dups}",
+        sent.len()
+    );
+    let _ = Mutex::new(()); // keep imports honest across cfgs
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
