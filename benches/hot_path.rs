@@ -19,18 +19,7 @@ use beacond::intake::{Intake, Outcome};
 use beacond::meta::{BeaconMeta, ReceiveTime};
 use beacond::metrics::Metrics;
 use beacond::sink::{BeaconSink, EnqueueError, Enqueued};
-
-fn encode_uri_component(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+use beacond::testing::encode_uri_component;
 
 /// (name, raw query) for the three sizes.
 fn beacons() -> Vec<(&'static str, String)> {

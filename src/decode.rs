@@ -221,36 +221,11 @@ fn json_depth_exceeds(bytes: &[u8], limit: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{encode_uri_component, rawurlencode};
 
     fn decode(q: &str) -> Result<String, RejectReason> {
         let mut buf = Vec::new();
         decode_beacon(q, 8192, &mut buf).map(str::to_owned)
-    }
-
-    /// `encodeURIComponent`: escapes everything but `A-Za-z0-9-_.!~*'()`.
-    fn encode_uri_component(s: &str) -> String {
-        let mut out = String::new();
-        for b in s.bytes() {
-            if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
-                out.push(b as char);
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-        out
-    }
-
-    /// PHP `rawurlencode`: escapes everything but `A-Za-z0-9-_.~`.
-    fn rawurlencode(s: &str) -> String {
-        let mut out = String::new();
-        for b in s.bytes() {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                out.push(b as char);
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-        out
     }
 
     #[test]

@@ -30,3 +30,5 @@ pub mod rate_limit;
 pub mod service;
 pub mod sink;
 pub mod spool;
+#[doc(hidden)]
+pub mod testing;

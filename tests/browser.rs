@@ -35,6 +35,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use beacond::testing::encode_uri_component as js_encode;
 use common::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -49,20 +50,6 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(20);
 const TEST_BUDGET: Duration = Duration::from_secs(90);
 /// Keys the json format adds to the capsule.
 const JSON_OWN_KEYS: [&str; 6] = ["recvFrom", "seqId", "dt", "ip", "userAgent", "uuid"];
-
-/// `encodeURIComponent`: all but `A-Z a-z 0-9 - _ . ! ~ * ' ( )` is
-/// percent-encoded, byte by byte of the UTF-8.
-fn js_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
 
 /// The EventLogging processor's decoding: strip `?` and `;`, `+` is a space,
 /// then strict percent-decoding and UTF-8.

@@ -6,32 +6,12 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use beacond::testing::{encode_uri_component as js_encode, rawurlencode};
 use common::*;
-
-/// `encodeURIComponent`.
-fn js_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
 
 /// PHP `rawurlencode` of JSON whose spaces are written `\u0020`.
 fn php_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.replace(' ', "\\u0020").bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    rawurlencode(&s.replace(' ', "\\u0020"))
 }
 
 fn capsule(id: &str, extra: &str) -> String {

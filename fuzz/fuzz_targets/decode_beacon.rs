@@ -4,23 +4,11 @@
 #![no_main]
 
 use beacond::decode::{decode_beacon, RejectReason};
+use beacond::testing::encode_uri_component;
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
 
 const MAX_QUERY_BYTES: usize = 4096;
-
-/// `encodeURIComponent`.
-fn encode_uri_component(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
 
 fuzz_target!(|data: &[u8]| {
     let Ok(query) = std::str::from_utf8(data) else {

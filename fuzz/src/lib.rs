@@ -17,3 +17,5 @@ pub mod format;
 pub mod meta;
 #[path = "../../src/proxy_protocol.rs"]
 pub mod proxy_protocol;
+#[path = "../../src/testing.rs"]
+pub mod testing;
