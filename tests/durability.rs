@@ -383,3 +383,69 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_delivery_failures_go_to_the_error_topic_not_round_the_spool() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let topic = unique_topic("perm");
+    let error_topic = unique_topic("perm-errors");
+    mock.create_topic(&topic, 1, 1).unwrap();
+    mock.create_topic(&error_topic, 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let mut config = test_config(&brokers, &topic);
+    config.kafka.error_topic = Some(error_topic.clone());
+    let svc = Running::start(config).await;
+    svc.wait_ready().await;
+    // The broker answers the next produce request with "message too large":
+    // retrying cannot help.
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let r = get(
+        svc.beacon,
+        "/beacon/event?%7B%22event%22%3A%7B%22id%22%3A%22perm-1%22%7D%7D;",
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let errors = consume(
+        &brokers,
+        &error_topic,
+        1,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    );
+    assert_eq!(errors.len(), 1, "one error record");
+    let v: serde_json::Value = serde_json::from_slice(&errors[0].payload).unwrap();
+    assert_eq!(v["reason"], "delivery_failed");
+    assert!(v["line"].as_str().unwrap().contains("perm-1"), "{v}");
+    let m = svc.metrics().await;
+    assert_eq!(
+        m.get("beacond_kafka_delivery_failures_total{topic=\"main\"}"),
+        1.0
+    );
+    assert_eq!(m.get("beacond_spool_appended_total"), 0.0, "not spooled");
+    // The next beacon goes through as usual.
+    let r = get(
+        svc.beacon,
+        "/beacon/event?%7B%22event%22%3A%7B%22id%22%3A%22perm-2%22%7D%7D;",
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let main = consume(
+        &brokers,
+        &topic,
+        1,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    );
+    let seen = ids_in(&main);
+    assert!(
+        seen.contains_key("perm-2") && !seen.contains_key("perm-1"),
+        "{seen:?}"
+    );
+    svc.stop().await;
+}
