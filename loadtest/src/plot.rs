@@ -28,25 +28,38 @@ struct Series<'a> {
     points: Vec<(u64, f64)>,
 }
 
-/// Per-second values of one endpoint. A last second after the scheduled end
-/// holds a few stragglers only, so it is left out of the picture.
+/// Per-second values of one endpoint.
 fn series(
     points: &[TimelinePoint],
     endpoint: &str,
-    end_s: f64,
     f: impl Fn(&TimelinePoint) -> Option<f64>,
 ) -> Vec<(u64, f64)> {
-    let mut v: Vec<(u64, f64)> = points
+    points
         .iter()
         .filter(|p| p.endpoint == endpoint)
         .filter_map(|p| f(p).map(|v| (p.t, v)))
-        .collect();
-    if v.last()
-        .is_some_and(|&(t, _)| t as f64 >= end_s && v.len() > 1)
-    {
-        v.pop();
+        .collect()
+}
+
+/// Per-second counts of one endpoint, without the partial second at the end
+/// of each round or run (a few stragglers after the schedule ended, which
+/// would look like a stall).
+fn throughput(
+    points: &[TimelinePoint],
+    endpoint: &str,
+    f: impl Fn(&TimelinePoint) -> u64,
+) -> Vec<(u64, f64)> {
+    let mine: Vec<&TimelinePoint> = points.iter().filter(|p| p.endpoint == endpoint).collect();
+    let mut out = Vec::with_capacity(mine.len());
+    for (i, p) in mine.iter().enumerate() {
+        let last_of_run = mine.get(i + 1).is_none_or(|next| next.t != p.t + 1);
+        let prev = i.checked_sub(1).map(|j| mine[j]).filter(|q| q.t + 1 == p.t);
+        let partial = last_of_run && prev.is_some_and(|q| p.completed * 2 < q.completed);
+        if !partial {
+            out.push((p.t, f(p) as f64));
+        }
     }
-    v
+    out
 }
 
 /// Polylines, broken where a second is missing (the other endpoint's round).
@@ -124,21 +137,21 @@ pub fn svg(
             color: "#1f77b4",
             dashed: false,
             width: 2.0,
-            points: series(points, "target", duration_s, |p| pos(p.p50_ms)),
+            points: series(points, "target", |p| pos(p.p50_ms)),
         },
         Series {
             label: "p99",
             color: "#ff7f0e",
             dashed: false,
             width: 2.0,
-            points: series(points, "target", duration_s, |p| pos(p.p99_ms)),
+            points: series(points, "target", |p| pos(p.p99_ms)),
         },
         Series {
             label: "max",
             color: "#d62728",
             dashed: false,
             width: 1.0,
-            points: series(points, "target", duration_s, |p| pos(p.max_ms)),
+            points: series(points, "target", |p| pos(p.max_ms)),
         },
     ];
     let mut tput = vec![
@@ -147,21 +160,21 @@ pub fn svg(
             color: "#2ca02c",
             dashed: false,
             width: 2.0,
-            points: series(points, "target", duration_s, |p| Some(p.ok as f64)),
+            points: throughput(points, "target", |p| p.ok),
         },
         Series {
             label: "non-2xx/s",
             color: "#ff7f0e",
             dashed: false,
             width: 1.5,
-            points: series(points, "target", duration_s, |p| Some(p.non_ok as f64)),
+            points: throughput(points, "target", |p| p.non_ok),
         },
         Series {
             label: "errors/s",
             color: "#d62728",
             dashed: false,
             width: 1.5,
-            points: series(points, "target", duration_s, |p| Some(p.errors as f64)),
+            points: throughput(points, "target", |p| p.errors),
         },
     ];
     if has_baseline {
@@ -170,21 +183,21 @@ pub fn svg(
             color: "#7f7f7f",
             dashed: true,
             width: 1.5,
-            points: series(points, "baseline", duration_s, |p| pos(p.p50_ms)),
+            points: series(points, "baseline", |p| pos(p.p50_ms)),
         });
         lat.push(Series {
             label: "baseline p99",
             color: "#9467bd",
             dashed: true,
             width: 1.5,
-            points: series(points, "baseline", duration_s, |p| pos(p.p99_ms)),
+            points: series(points, "baseline", |p| pos(p.p99_ms)),
         });
         tput.push(Series {
             label: "baseline 2xx/s",
             color: "#7f7f7f",
             dashed: true,
             width: 1.5,
-            points: series(points, "baseline", duration_s, |p| Some(p.ok as f64)),
+            points: throughput(points, "baseline", |p| p.ok),
         });
     }
 
@@ -459,5 +472,21 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn partial_seconds_at_round_ends_are_not_drawn_as_stalls() {
+        let mut pts: Vec<TimelinePoint> = (0..5).map(|t| p(t, "target", 1000, 0.2)).collect();
+        pts.push(p(5, "target", 12, 0.2)); // end of a round: stragglers
+        pts.extend((10..13).map(|t| p(t, "target", 1000, 0.2)));
+        pts.push(p(13, "target", 400, 0.2)); // a real drop, run goes on
+        pts.push(p(14, "target", 900, 0.2));
+        let t: Vec<u64> = throughput(&pts, "target", |p| p.ok)
+            .iter()
+            .map(|x| x.0)
+            .collect();
+        assert_eq!(t, vec![0, 1, 2, 3, 4, 10, 11, 12, 13, 14]);
+        // Latency of those few requests is still shown.
+        assert_eq!(series(&pts, "target", |p| Some(p.p50_ms)).len(), pts.len());
     }
 }
