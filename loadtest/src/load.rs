@@ -1,8 +1,9 @@
 //! The load loops.
 //!
 //! * Open loop ([`Pace::Open`]): a pacer thread releases request numbers at
-//!   their scheduled times into a queue; `connections` workers, each owning one
-//!   keep-alive connection, take the next number as soon as they are free.
+//!   their scheduled times, each to an idle worker or, when all are busy, into
+//!   a backlog; `connections` workers, each owning one keep-alive connection,
+//!   take the next due number as soon as they are free.
 //!   Latency runs from the scheduled time, so a stalled server is charged for
 //!   every request that waited behind it (no coordinated omission).
 //! * Closed loop ([`Pace::Closed`], `--rate max`): each worker sends its next
@@ -114,6 +115,58 @@ pub async fn run_round(
     (pool, used)
 }
 
+/// Hand-off between the pacer and the workers: a due request goes straight to
+/// an idle worker (one wake-up), or waits in the backlog for the next worker
+/// that finishes. No worker idles while a due request waits.
+struct Dispatch {
+    state: Mutex<DispatchState>,
+    workers: Mutex<Vec<mpsc::UnboundedSender<u64>>>,
+}
+
+struct DispatchState {
+    /// Workers waiting for a request (a stack: the warmest connection first).
+    idle: Vec<usize>,
+    /// Due requests no worker was free for.
+    backlog: std::collections::VecDeque<u64>,
+    /// The pacer has released everything.
+    done: bool,
+}
+
+impl Dispatch {
+    /// Pacer side: hands `i` to an idle worker or queues it.
+    fn release(&self, i: u64) {
+        let mut st = self.state.lock().expect("dispatch");
+        match st.idle.pop() {
+            Some(w) => {
+                drop(st);
+                let _ = self.workers.lock().expect("dispatch")[w].send(i);
+            }
+            None => st.backlog.push_back(i),
+        }
+    }
+
+    /// Pacer side: nothing more will come; idle workers stop.
+    fn close(&self) {
+        self.state.lock().expect("dispatch").done = true;
+        self.workers.lock().expect("dispatch").clear();
+    }
+
+    /// Worker side: the next request, waiting if none is due yet.
+    async fn next(&self, me: usize, rx: &mut mpsc::UnboundedReceiver<u64>) -> Option<u64> {
+        {
+            let mut st = self.state.lock().expect("dispatch");
+            if let Some(i) = st.backlog.pop_front() {
+                return Some(i);
+            }
+            if st.done {
+                return None;
+            }
+            st.idle.push(me);
+        }
+        rx.recv().await
+    }
+}
+
 async fn run_open(
     ctx: &Arc<RunCtx>,
     round: &Arc<Round>,
@@ -123,34 +176,51 @@ async fn run_open(
 ) -> (Pool, u64) {
     let total = schedule.total();
     rec.lock().expect("recorder").scheduled += total;
-    let (tx, rx) = mpsc::unbounded_channel::<u64>();
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut receivers = Vec::with_capacity(pool.len());
+    let mut senders = Vec::with_capacity(pool.len());
+    for _ in 0..pool.len() {
+        let (tx, rx) = mpsc::unbounded_channel::<u64>();
+        senders.push(tx);
+        receivers.push(rx);
+    }
+    let dispatch = Arc::new(Dispatch {
+        state: Mutex::new(DispatchState {
+            idle: Vec::with_capacity(pool.len()),
+            backlog: std::collections::VecDeque::new(),
+            done: false,
+        }),
+        workers: Mutex::new(senders),
+    });
     let start = Instant::now() + Duration::from_millis(5);
     let hard_deadline = start + schedule.duration() + ctx.timeout;
     let schedule = Arc::new(schedule);
     let stop = Arc::new(AtomicBool::new(false));
     let pacer = {
-        let schedule = Arc::clone(&schedule);
-        let stop = Arc::clone(&stop);
+        let (schedule, stop, dispatch) = (
+            Arc::clone(&schedule),
+            Arc::clone(&stop),
+            Arc::clone(&dispatch),
+        );
         std::thread::Builder::new()
             .name("pacer".into())
-            .spawn(move || pace(&schedule, start, &tx, &stop))
+            .spawn(move || {
+                pace(&schedule, start, &dispatch, &stop);
+                dispatch.close();
+            })
             .expect("spawn pacer thread")
     };
     let mut handles = Vec::with_capacity(pool.len());
-    for conn in pool {
-        let (ctx, round, rec, rx, schedule) = (
+    for (me, (conn, mut rx)) in pool.into_iter().zip(receivers).enumerate() {
+        let (ctx, round, rec, dispatch, schedule) = (
             Arc::clone(ctx),
             Arc::clone(round),
             Arc::clone(rec),
-            Arc::clone(&rx),
+            Arc::clone(&dispatch),
             Arc::clone(&schedule),
         );
         handles.push(tokio::spawn(async move {
             let mut w = Worker::new(conn);
-            loop {
-                let next = { rx.lock().await.recv().await };
-                let Some(i) = next else { break };
+            while let Some(i) = dispatch.next(me, &mut rx).await {
                 let sched = start + schedule.offset_of(i);
                 if Instant::now() > hard_deadline {
                     rec.lock().expect("recorder").unsent += 1;
@@ -170,22 +240,24 @@ async fn run_open(
     (pool, total)
 }
 
-/// The pacer: releases request numbers when they are due. It sleeps with a
-/// 1 µs timer slack and spins only for the last few microseconds.
-fn pace(schedule: &Schedule, start: Instant, tx: &mpsc::UnboundedSender<u64>, stop: &AtomicBool) {
+/// The pacer: releases request numbers when they are due, sleeping in
+/// between with a 1 ns timer slack (no spinning: the core is shared).
+fn pace(schedule: &Schedule, start: Instant, dispatch: &Dispatch, stop: &AtomicBool) {
     set_fine_timer_slack();
     let total = schedule.total();
     let mut next = 0;
     while next < total && !stop.load(Ordering::Relaxed) {
         let due = schedule.due_until(next, Instant::now().saturating_duration_since(start));
         for i in due.clone() {
-            if tx.send(i).is_err() {
-                return;
-            }
+            dispatch.release(i);
         }
         next = due.end;
         if next < total {
-            sleep_until_precise(start + schedule.offset_of(next));
+            let t = start + schedule.offset_of(next);
+            let now = Instant::now();
+            if t > now {
+                std::thread::sleep(t - now);
+            }
         }
     }
 }
@@ -195,23 +267,6 @@ fn set_fine_timer_slack() {
     #[cfg(target_os = "linux")]
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
-    }
-}
-
-/// Sleeps until `t`: a kernel sleep for all but the last 20 µs, then yields.
-pub fn sleep_until_precise(t: Instant) {
-    const SPIN: Duration = Duration::from_micros(20);
-    loop {
-        let now = Instant::now();
-        if now >= t {
-            return;
-        }
-        let left = t - now;
-        if left > SPIN * 2 {
-            std::thread::sleep(left - SPIN);
-        } else {
-            std::thread::yield_now();
-        }
     }
 }
 
