@@ -98,6 +98,8 @@ thread_local! {
 }
 
 const ALLOWED_METHODS: &str = "GET, HEAD, POST";
+/// How long a request waits for the spool to confirm a write.
+const SPOOL_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl<S: BeaconSink> Intake<S> {
     /// Builds the endpoint from a config whose hostname is resolved.
@@ -331,13 +333,16 @@ impl<S: BeaconSink> Intake<S> {
     /// Waits for the spool to confirm the write (the spool thread's group
     /// commit; no I/O here) before the beacon counts as accepted.
     async fn spooled(&self, reply: AppendReply) -> Outcome {
-        match reply.await {
-            Ok(Ok(())) => {
+        // A stalled disk must not hold requests forever: answer 503 (the
+        // line may still be written and delivered: at-least-once).
+        match tokio::time::timeout(SPOOL_REPLY_TIMEOUT, reply).await {
+            Ok(Ok(Ok(()))) => {
                 self.metrics.accepted.inc();
                 Outcome::Accepted
             }
-            Ok(Err(e)) => self.refuse(e.into()),
-            Err(_) => self.refuse(SpoolError::Closed.into()),
+            Ok(Ok(Err(e))) => self.refuse(e.into()),
+            Ok(Err(_)) => self.refuse(SpoolError::Closed.into()),
+            Err(_) => self.refuse(SpoolError::Busy.into()),
         }
     }
 

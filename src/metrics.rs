@@ -80,6 +80,8 @@ pub struct SpoolMetrics {
     pub dropped_full: Counter,
     /// Spooled lines dropped after a permanent delivery failure.
     pub dropped_permanent: Counter,
+    /// Undelivered lines (already answered 204) a failed spool write lost.
+    pub dropped_io: Counter,
     /// Segments found damaged (torn or corrupt tail, bad header).
     pub corrupt_segments: Counter,
     /// Bytes after the damage in damaged segments.
@@ -102,6 +104,9 @@ impl SpoolMetrics {
                 reason: "permanent_delivery_failure",
             })
             .clone();
+        let dropped_io = dropped
+            .get_or_create(&ReasonLabels { reason: "io_error" })
+            .clone();
         let this = SpoolMetrics {
             bytes: Gauge::default(),
             records: Gauge::default(),
@@ -111,6 +116,7 @@ impl SpoolMetrics {
             refused_full: Counter::default(),
             dropped_full,
             dropped_permanent,
+            dropped_io,
             corrupt_segments: Counter::default(),
             corrupt_bytes: Counter::default(),
             oldest_record_age_seconds: Gauge::default(),

@@ -244,16 +244,28 @@ impl KafkaSink {
             tracing::warn!(error = %e, in_flight = self.in_flight(), "producer flush did not complete");
         }
         if self.in_flight() > 0 && self.spool.is_some() {
-            self.producer
-                .purge(PurgeConfig::default().queue().inflight());
-            // Purged messages come back as failed delivery reports on the
-            // polling thread; wait for them to be handled.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while self.in_flight() > 0 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
+            // First what was never sent: spooling it cannot duplicate.
+            self.producer.purge(PurgeConfig::default().queue());
+            self.wait_in_flight(Duration::from_secs(5));
+            if self.in_flight() > 0 {
+                // Requests still unanswered: their outcome is unknown, so
+                // spooling them may duplicate (at-least-once), never lose.
+                self.producer
+                    .purge(PurgeConfig::default().queue().inflight());
+                // librdkafka reports every purged message; the bound is a
+                // safety net.
+                self.wait_in_flight(Duration::from_secs(30));
             }
         }
         self.in_flight()
+    }
+
+    /// Waits (blocking) until nothing is in flight, at most `limit`.
+    fn wait_in_flight(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.in_flight() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn spool_line(
@@ -337,8 +349,20 @@ impl Dispatch for KafkaSink {
     }
 
     fn dispatch(&self, record: &SpoolRecord<'_>, at: RecordLocation) -> Result<(), DispatchError> {
-        self.send(&self.topic, spooled_tag(at), record.line, record.key)
-            .map_err(|_| DispatchError::Busy)
+        match self.send(&self.topic, spooled_tag(at), record.line, record.key) {
+            Ok(()) => Ok(()),
+            Err(EnqueueError::QueueFull) => Err(DispatchError::Busy),
+            Err(e) => {
+                // Refused outright (e.g. larger than a since-lowered
+                // message.max.bytes): it would block the spool forever.
+                tracing::error!(error = %e, "spooled line refused by the producer; sent to the error topic");
+                let error = KafkaError::MessageProduction(RDKafkaErrorCode::InvalidMessage);
+                self.producer
+                    .context()
+                    .report_permanent(record.line, &error);
+                Err(DispatchError::Permanent)
+            }
+        }
     }
 }
 

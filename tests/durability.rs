@@ -188,7 +188,9 @@ async fn shutdown_spools_what_kafka_did_not_take_and_the_next_start_delivers_it(
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let loader = tokio::spawn(load(svc.beacon, "s".into(), Duration::ZERO, stop.clone()));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    // Shut down under load (what SIGTERM does); the loader sees the door close.
+    // The broker goes away, then we shut down under load (what SIGTERM
+    // does); the loader sees the door close.
+    mock.broker_down(1).unwrap();
     svc.stop().await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (sent, _) = loader.await.unwrap();
@@ -200,7 +202,8 @@ async fn shutdown_spools_what_kafka_did_not_take_and_the_next_start_delivers_it(
         .count();
     assert!(leftover > 0, "undelivered lines were spooled at shutdown");
 
-    // The next start, same spool: everything arrives.
+    // The next start, same spool, broker back: everything arrives.
+    mock.broker_up(1).unwrap();
     let svc = Running::start(config).await;
     wait_spool_drained(&svc, Duration::from_secs(60)).await;
     let got = consume(

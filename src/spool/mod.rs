@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -95,8 +95,11 @@ pub enum SpoolOpenError {
 /// Why [`Dispatch::dispatch`] did not take a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DispatchError {
-    /// Try again later.
+    /// Try again later (the producer's queue is full).
     Busy,
+    /// The producer will never take this record (counted and reported by
+    /// the dispatcher); it is dropped so the records behind it can go.
+    Permanent,
 }
 
 /// Where the spool sends its records: the Kafka producer.
@@ -131,13 +134,17 @@ enum Command {
 const COMMAND_QUEUE: usize = 65_536;
 /// Records handed to Kafka per worker turn, at most.
 const DISPATCH_BATCH: usize = 4096;
+/// How often acknowledged positions are written to the ledger, at most.
+const LEDGER_INTERVAL: Duration = Duration::from_millis(500);
 /// A drained active segment is deleted once it is this large or old.
 const DRAINED_SEGMENT_BYTES: u64 = 1 << 20;
 const DRAINED_SEGMENT_AGE: Duration = Duration::from_secs(5);
 
 struct Shared {
-    /// Un-acknowledged records exist (or are on their way in).
+    /// Records on disk not yet handed to Kafka (or awaiting a resend).
     pending: AtomicBool,
+    /// Appends sent to the worker and not yet staged.
+    queued: AtomicUsize,
     /// The last append was refused for space; cleared below 90% of the cap.
     full: AtomicBool,
 }
@@ -166,7 +173,8 @@ impl SpoolHandle {
     /// True while the spool holds records not yet acknowledged: in overflow
     /// mode new lines then go to the spool too, so order is kept.
     pub fn is_pending(&self) -> bool {
-        self.shared.pending.load(Ordering::Relaxed)
+        self.shared.queued.load(Ordering::Relaxed) > 0
+            || self.shared.pending.load(Ordering::Relaxed)
     }
 
     /// True when the spool refused an append for lack of space lately.
@@ -180,14 +188,19 @@ impl SpoolHandle {
         let mut encoded = Vec::with_capacity(record.line.len() + 32);
         record.encode(&mut encoded);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.shared.pending.store(true, Ordering::Relaxed);
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(Command::Append {
             encoded,
             reply: Some(tx),
         }) {
             Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(SpoolError::Busy),
-            Err(TrySendError::Disconnected(_)) => Err(SpoolError::Closed),
+            Err(e) => {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                match e {
+                    TrySendError::Full(_) => Err(SpoolError::Busy),
+                    TrySendError::Disconnected(_) => Err(SpoolError::Closed),
+                }
+            }
         }
     }
 
@@ -196,13 +209,16 @@ impl SpoolHandle {
     pub fn append_undelivered(&self, record: &SpoolRecord<'_>) -> Result<(), SpoolError> {
         let mut encoded = Vec::with_capacity(record.line.len() + 32);
         record.encode(&mut encoded);
-        self.shared.pending.store(true, Ordering::Relaxed);
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
         self.tx
             .send(Command::Append {
                 encoded,
                 reply: None,
             })
-            .map_err(|_| SpoolError::Closed)
+            .map_err(|_| {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                SpoolError::Closed
+            })
     }
 
     /// Kafka acknowledged a spooled record.
@@ -255,10 +271,15 @@ impl Spool {
         let mut total_bytes = 0;
         for &id in &ids {
             let path = dir.join(segment_file_name(id));
+            // A ledger offset past the end of the file is stale (the id was
+            // reused): ignore it rather than skip records.
+            let file_len_now = std::fs::metadata(&path).map_or(0, |m| m.len());
             let from = ledger
                 .iter()
                 .find(|(s, _)| *s == id)
-                .map_or(SEGMENT_HEADER_LEN, |(_, o)| *o);
+                .map(|(_, o)| *o)
+                .filter(|o| *o <= file_len_now)
+                .unwrap_or(SEGMENT_HEADER_LEN);
             let scan = match scan_segment(&path, from) {
                 Ok(scan) => scan,
                 Err(e) => {
@@ -311,9 +332,15 @@ impl Spool {
         let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE);
         let shared = Arc::new(Shared {
             pending: AtomicBool::new(recovered > 0),
+            queued: AtomicUsize::new(0),
             full: AtomicBool::new(false),
         });
-        let next_id = ids.last().map_or(1, |id| id + 1);
+        // Never reuse an id the ledger still names.
+        let next_id = ids
+            .iter()
+            .chain(ledger.iter().map(|(id, _)| id))
+            .max()
+            .map_or(1, |id| id + 1);
         let worker = Worker {
             settings: settings.clone(),
             rx,
@@ -326,11 +353,15 @@ impl Spool {
             dirty: false,
             last_sync: Instant::now(),
             ledger_dirty: false,
+            last_ledger: Instant::now(),
             backoff: Duration::ZERO,
             backoff_until: Instant::now(),
             dispatch_stopped: false,
             body: Vec::new(),
         };
+        // The ledger from now on names only the segments that exist.
+        let mut worker = worker;
+        worker.write_ledger();
         Ok(Spool {
             handle: SpoolHandle {
                 tx,
@@ -415,6 +446,7 @@ struct Worker {
     dirty: bool,
     last_sync: Instant,
     ledger_dirty: bool,
+    last_ledger: Instant,
     backoff: Duration,
     backoff_until: Instant,
     dispatch_stopped: bool,
@@ -458,13 +490,12 @@ impl Worker {
                     Command::Acked(at) => self.on_acked(at),
                     Command::Failed { at, permanent } => self.on_failed(at, permanent),
                     Command::StopDispatch => self.dispatch_stopped = true,
-                    Command::Shutdown(done) => {
-                        shutdown = Some(done);
-                        break;
-                    }
+                    Command::Shutdown(done) => shutdown = Some(done),
                 }
                 handled += 1;
-                next = if handled < 8192 {
+                // After Shutdown, take everything still queued (late purge
+                // reports) before the final write.
+                next = if handled < 8192 || shutdown.is_some() {
                     self.rx.try_recv().ok()
                 } else {
                     None
@@ -474,7 +505,10 @@ impl Worker {
             if self.dirty
                 && (shutdown.is_some() || self.last_sync.elapsed() >= self.settings.fsync_interval)
             {
-                self.sync();
+                let _ = self.sync();
+            }
+            if self.ledger_dirty && self.last_ledger.elapsed() >= LEDGER_INTERVAL {
+                self.write_ledger();
             }
             if !self.dispatch_stopped && shutdown.is_none() {
                 self.dispatch(dispatch);
@@ -482,13 +516,13 @@ impl Worker {
             self.collect_garbage(shutdown.is_some());
             self.publish();
             if let Some(done) = shutdown.take() {
-                self.sync();
+                let _ = self.sync();
                 self.write_ledger();
                 let _ = done.send(());
                 return;
             }
         }
-        self.sync();
+        let _ = self.sync();
         self.write_ledger();
     }
 
@@ -501,6 +535,7 @@ impl Worker {
         count: &mut u64,
         replies: &mut Vec<Reply>,
     ) {
+        self.shared.queued.fetch_sub(1, Ordering::Relaxed);
         let len = encoded.len() as u64;
         if self.total_bytes + batch.len() as u64 + len > self.settings.max_bytes {
             self.shared.full.store(true, Ordering::Relaxed);
@@ -540,9 +575,30 @@ impl Worker {
         if batch.is_empty() {
             return;
         }
-        let result = self.write(batch, *count);
+        let mut result = self.write(batch, *count);
+        if result.is_err() {
+            // The failed segment is sealed: one more try, in a fresh one.
+            result = self.write(batch, *count);
+        }
         if result.is_ok() && self.settings.fsync_interval.is_zero() {
-            self.sync();
+            // fsync before answering; after a failed fsync the page cache
+            // cannot be trusted, so the appends are refused.
+            if let Err(e) = self.sync() {
+                self.seal_active();
+                result = Err(e);
+            }
+        }
+        if result.is_err() {
+            // Lines already answered 204 (their delivery failed) that could
+            // not be written: lost, and counted as such.
+            let unanswered = (*count).saturating_sub(replies.len() as u64);
+            if unanswered > 0 {
+                self.metrics.dropped_io.inc_by(unanswered);
+                tracing::error!(
+                    lines = unanswered,
+                    "spool write failed: undelivered lines lost (beacond_spool_dropped_total)"
+                );
+            }
         }
         for r in replies.drain(..) {
             let _ = r.send(result.clone());
@@ -611,17 +667,18 @@ impl Worker {
         }
     }
 
-    fn sync(&mut self) {
+    /// fsyncs the active segment. The ledger is written on its own timer,
+    /// off the path to a reply.
+    fn sync(&mut self) -> Result<(), SpoolError> {
+        self.dirty = false;
+        self.last_sync = Instant::now();
         if let Some(w) = &self.writer {
             if let Err(e) = w.sync() {
                 tracing::error!(error = %e, "spool fsync failed");
+                return Err(SpoolError::Io(e.to_string()));
             }
         }
-        self.dirty = false;
-        self.last_sync = Instant::now();
-        if self.ledger_dirty {
-            self.write_ledger();
-        }
+        Ok(())
     }
 
     /// Hands records to Kafka: retries first, then in order, oldest segment first.
@@ -631,6 +688,8 @@ impl Worker {
         }
         let mut budget = DISPATCH_BATCH;
         let mut body = std::mem::take(&mut self.body);
+        let active = self.writer.as_ref().map(|w| w.id());
+        let mut seal_damaged_active = false;
         for state in self.segments.iter_mut() {
             if state.reader.is_none()
                 && (state.next_dispatch < state.len || !state.retry.is_empty())
@@ -667,6 +726,8 @@ impl Worker {
                             mark_acked(state, offset);
                         } else {
                             state.len = offset;
+                            // New appends must not land behind the damage.
+                            seal_damaged_active |= Some(state.id) == active;
                         }
                         continue;
                     }
@@ -678,9 +739,25 @@ impl Worker {
                     segment: state.id,
                     offset,
                 };
-                if dispatch.dispatch(&record, at).is_err() {
-                    stop = true;
-                    break;
+                match dispatch.dispatch(&record, at) {
+                    Ok(()) => {}
+                    Err(DispatchError::Busy) => {
+                        stop = true;
+                        break;
+                    }
+                    Err(DispatchError::Permanent) => {
+                        self.metrics.dropped_permanent.inc();
+                        if is_retry {
+                            state.retry.pop_front();
+                            mark_acked(state, offset);
+                        } else {
+                            // Done with, as if acknowledged.
+                            state.inflight.push_back((offset, span.end, false));
+                            state.next_dispatch = span.end;
+                            mark_acked(state, offset);
+                        }
+                        continue;
+                    }
                 }
                 budget -= 1;
                 self.metrics.replayed.inc();
@@ -697,6 +774,9 @@ impl Worker {
             }
         }
         self.body = body;
+        if seal_damaged_active {
+            self.seal_active();
+        }
     }
 
     fn find(&mut self, segment: u64) -> Option<&mut SegmentState> {
@@ -763,7 +843,13 @@ impl Worker {
     /// Updates the shared flags and the metrics.
     fn publish(&mut self) {
         let records: u64 = self.segments.iter().map(|s| s.unacked_records).sum();
-        self.shared.pending.store(records > 0, Ordering::Relaxed);
+        // New lines must queue behind records not yet handed to Kafka; once
+        // all are handed over, live lines can go straight to the producer.
+        let undispatched = self
+            .segments
+            .iter()
+            .any(|s| s.next_dispatch < s.len || !s.retry.is_empty());
+        self.shared.pending.store(undispatched, Ordering::Relaxed);
         self.metrics.bytes.set(self.total_bytes as i64);
         self.metrics.records.set(records as i64);
         self.metrics.segments.set(self.segments.len() as i64);
@@ -788,10 +874,15 @@ impl Worker {
         let result = File::create(&tmp)
             .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|_| f.sync_data()))
             .and_then(|_| std::fs::rename(&tmp, self.settings.dir.join("ledger")));
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "cannot write the spool ledger (restart may replay duplicates)");
+        match result {
+            // Make the rename itself durable.
+            Ok(()) => sync_dir(&self.settings.dir),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write the spool ledger (restart may replay duplicates)")
+            }
         }
         self.ledger_dirty = false;
+        self.last_ledger = Instant::now();
     }
 }
 
@@ -813,6 +904,13 @@ fn mark_acked(state: &mut SegmentState, offset: u64) -> bool {
         moved = true;
     }
     moved
+}
+
+/// fsyncs a directory, so that files created or renamed in it survive power loss.
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot fsync the spool directory");
+    }
 }
 
 fn read_ledger(dir: &Path) -> Vec<(u64, u64)> {

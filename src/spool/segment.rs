@@ -151,6 +151,8 @@ impl SegmentWriter {
         header[..8].copy_from_slice(SEGMENT_MAGIC);
         header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         file.write_all(&header).map_err(io)?;
+        // The new file's directory entry must survive power loss too.
+        super::sync_dir(dir);
         Ok(SegmentWriter {
             file,
             path,

@@ -119,7 +119,14 @@ fn appended_records_are_dispatched_in_order_and_deleted_once_acked() {
     assert_eq!(lines, (0..100).map(line).collect::<Vec<_>>());
     assert_eq!(sent[0].2.as_deref(), Some(&b"203.0.113.9"[..]));
     assert_eq!(sent[1].2, None);
-    assert!(h.is_pending());
+    // All handed to Kafka: new lines need not queue behind them any more,
+    // though none is acknowledged yet.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.is_pending() {
+        assert!(Instant::now() < deadline, "still pending after dispatch");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(metrics.spool.records.get(), 100);
     for (at, _, _) in &sent {
         h.acked(*at);
     }
@@ -323,6 +330,26 @@ fn one_process_per_directory() {
     let (spool, _h, _) = open(settings(&d), &kafka);
     let second = Spool::open(settings(&d), Metrics::new().spool.clone());
     assert!(matches!(second, Err(SpoolOpenError::Locked { .. })));
+    spool.shutdown();
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_stale_ledger_never_hides_records_of_a_reused_id() {
+    let d = dir("stale-ledger");
+    std::fs::create_dir_all(&d).unwrap();
+    // A ledger naming a segment deleted before a crash, with a large offset.
+    std::fs::write(d.join("ledger"), "5 100000\n").unwrap();
+    let kafka = FakeKafka::new(false);
+    let (spool, h, _) = open(settings(&d), &kafka);
+    append(&h, 1).unwrap();
+    spool.shutdown();
+    assert_eq!(files(&d), vec![segment_file_name(6)], "id 5 is not reused");
+    let kafka = FakeKafka::new(true);
+    let (spool, h, _) = open(settings(&d), &kafka);
+    let sent = kafka.wait_for(1);
+    assert_eq!(sent[0].1, line(1));
+    h.acked(sent[0].0);
     spool.shutdown();
     let _ = std::fs::remove_dir_all(&d);
 }
