@@ -10,8 +10,8 @@
 //! it is acknowledged.
 //!
 //! Delivery is at-least-once. After a crash, records delivered but not yet in
-//! the ledger (written at each fsync) are sent again: duplicates are bounded
-//! by what was in flight plus one fsync interval of acknowledgements.
+//! the ledger (written every half second) are sent again: duplicates are
+//! bounded by what was in flight plus half a second of acknowledgements.
 //!
 //! Must never: do disk I/O on the request path (requests send a command and
 //! await the reply), delete a record before Kafka acknowledged it, or grow
