@@ -111,14 +111,7 @@ fn sigterm_flushes_and_exits_zero() {
     let beacon: std::net::SocketAddr = format!("127.0.0.1:{beacon_port}").parse().unwrap();
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let sent = rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while raw_request(admin, b"GET /readyz HTTP/1.1\r\nConnection: close\r\n\r\n")
-            .await
-            .map_or(true, |r| r.status != 200)
-        {
-            assert!(Instant::now() < deadline, "collector not ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_http(admin, "/readyz", false).await;
         // linger.ms = 200: many of these are still in the producer's queue
         // when SIGTERM arrives, so only the flush gets them out.
         let mut ok = 0;
@@ -179,14 +172,6 @@ fn sigterm_flushes_and_exits_zero() {
     let _ = std::io::stderr().flush();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn sigterm_drains_while_not_ready_and_a_second_signal_cuts_it_short() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -208,14 +193,7 @@ fn sigterm_drains_while_not_ready_and_a_second_signal_cuts_it_short() {
     let beacon: std::net::SocketAddr = format!("127.0.0.1:{beacon_port}").parse().unwrap();
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while raw_request(admin, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "collector did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_http(admin, "/healthz", true).await;
     });
     let term = || {
         Command::new("kill")

@@ -335,14 +335,7 @@ fn kill_9_in_always_mode_loses_nothing_answered_204() {
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let wait_ready = || {
         rt.block_on(async {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while raw_request(admin, b"GET /readyz HTTP/1.1\r\nConnection: close\r\n\r\n")
-                .await
-                .map_or(true, |r| r.status != 200)
-            {
-                assert!(Instant::now() < deadline, "collector not ready");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            wait_http(admin, "/readyz", false).await;
         })
     };
 
@@ -376,14 +369,6 @@ fn kill_9_in_always_mode_loses_nothing_answered_204() {
         "kill -9: {} answered 204, lost 0, duplicates {dups}",
         sent.len()
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

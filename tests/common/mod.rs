@@ -340,3 +340,30 @@ pub fn consume(
     }
     out
 }
+
+/// A loopback port free at the time of asking (for a child process to bind).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// Polls `GET path` on `addr` until it answers 200 (any answer when
+/// `any_status`), failing the test after 20 s.
+pub async fn wait_http(addr: SocketAddr, path: &str, any_status: bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let raw = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n");
+    loop {
+        match raw_request(addr, raw.as_bytes()).await {
+            Ok(r) if any_status || r.status == 200 => return,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr}{path} did not answer in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
