@@ -188,7 +188,8 @@ impl<S: BeaconSink> Intake<S> {
             other => other,
         };
         match outcome {
-            Outcome::Accepted => {
+            // Dropped on purpose (filter, silent rate limit) looks accepted.
+            Outcome::Accepted | Outcome::Dropped(_) => {
                 let mut r = Response::new(Full::new(Bytes::new()));
                 *r.status_mut() = StatusCode::NO_CONTENT;
                 r
@@ -204,11 +205,6 @@ impl<S: BeaconSink> Intake<S> {
                 let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
                 r.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
-                r
-            }
-            Outcome::Dropped(_) => {
-                let mut r = Response::new(Full::new(Bytes::new()));
-                *r.status_mut() = StatusCode::NO_CONTENT;
                 r
             }
         }
@@ -233,10 +229,16 @@ impl<S: BeaconSink> Intake<S> {
             self.metrics.count_rejected(RejectReason::BodyTooLarge);
             return Err(StatusCode::PAYLOAD_TOO_LARGE);
         }
-        match tokio::time::timeout(self.limits.body_timeout, Limited::new(body, max).collect())
-            .await
-        {
-            Ok(Ok(_)) => Ok(()),
+        // Frames are dropped as they arrive: nothing is buffered.
+        let discard = async {
+            let mut body = std::pin::pin!(Limited::new(body, max));
+            while let Some(frame) = body.frame().await {
+                frame?;
+            }
+            Ok::<(), BoxError>(())
+        };
+        match tokio::time::timeout(self.limits.body_timeout, discard).await {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => {
                 self.metrics.count_rejected(RejectReason::BodyTooLarge);
                 Err(StatusCode::PAYLOAD_TOO_LARGE)
