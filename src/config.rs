@@ -9,10 +9,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use http::HeaderName;
 use ipnet::IpNet;
+use regex::bytes::{RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::format::OutputFormat;
@@ -47,6 +48,7 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub filter: FilterConfig,
     pub privacy: PrivacyConfig,
+    pub events: EventsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -210,12 +212,24 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// When lines go to the spool (`spool.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolMode {
+    /// Straight to the producer; to the spool when the producer cannot take a
+    /// line or its delivery fails, and while the spool is not empty.
+    #[default]
+    Overflow,
+    /// Every accepted line is written to the spool before 204 (write-ahead).
+    Always,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     pub enabled: bool,
     pub dir: std::path::PathBuf,
-    pub mode: crate::spool::SpoolMode,
+    pub mode: SpoolMode,
     pub max_bytes: u64,
     pub segment_bytes: u64,
     pub fsync_interval_ms: u64,
@@ -226,7 +240,7 @@ impl Default for SpoolConfig {
         Self {
             enabled: true,
             dir: "/var/lib/beacond/spool".into(),
-            mode: crate::spool::SpoolMode::Overflow,
+            mode: SpoolMode::Overflow,
             max_bytes: 1 << 30,
             segment_bytes: 64 << 20,
             fsync_interval_ms: 100,
@@ -234,16 +248,68 @@ impl Default for SpoolConfig {
     }
 }
 
-impl SpoolConfig {
-    /// The spool's settings, when it is enabled.
-    pub fn settings(&self) -> Option<crate::spool::SpoolSettings> {
-        self.enabled.then(|| crate::spool::SpoolSettings {
-            dir: self.dir.clone(),
-            mode: self.mode,
-            max_bytes: self.max_bytes,
-            segment_bytes: self.segment_bytes,
-            fsync_interval: std::time::Duration::from_millis(self.fsync_interval_ms),
-        })
+/// The Event Platform intake (`POST /v1/events`), EventGate's HTTP contract.
+/// Off while `stream_config` is unset.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    pub routes: Vec<String>,
+    /// The stream config file (YAML or JSON); unset: the events intake is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_config: Option<PathBuf>,
+    /// Schema repository directories, tried in order.
+    pub schema_repositories: Vec<PathBuf>,
+    pub service_name: String,
+    /// Unset: `<service_name>.error.validation`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_stream: Option<String>,
+    pub topic_prefix: String,
+    /// Streams starting with one of these get no `topic_prefix` (EventGate's rule).
+    pub unprefixed_streams: Vec<String>,
+    pub max_body_bytes: usize,
+    pub max_events_per_request: usize,
+    /// Origins answered with CORS headers; `"*"` for any; empty: none.
+    pub cors_allowed_origins: Vec<String>,
+    pub allow_absolute_schema_uris: bool,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            routes: vec!["/v1/events".into()],
+            stream_config: None,
+            schema_repositories: Vec::new(),
+            service_name: "beacond".into(),
+            error_stream: None,
+            topic_prefix: String::new(),
+            unprefixed_streams: vec!["eventlogging_".into()],
+            max_body_bytes: 262_144,
+            max_events_per_request: 1000,
+            cors_allowed_origins: Vec::new(),
+            allow_absolute_schema_uris: false,
+        }
+    }
+}
+
+impl EventsConfig {
+    /// True when `stream_config` is set.
+    pub fn enabled(&self) -> bool {
+        self.stream_config.is_some()
+    }
+
+    /// True when the error stream's topic gets no `topic_prefix`.
+    pub fn error_stream_unprefixed(&self) -> bool {
+        let stream = self.error_stream();
+        self.unprefixed_streams
+            .iter()
+            .any(|p| stream.starts_with(p.as_str()))
+    }
+
+    /// The error stream's name in force.
+    pub fn error_stream(&self) -> String {
+        self.error_stream
+            .clone()
+            .unwrap_or_else(|| format!("{}.error.validation", self.service_name))
     }
 }
 
@@ -293,6 +359,30 @@ impl Default for RateLimitConfig {
 pub struct FilterConfig {
     /// Regexes; a beacon whose user agent matches one is dropped (204).
     pub user_agent_exclude: Vec<String>,
+}
+
+/// The largest compiled form of the exclusion regexes, in bytes.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+impl FilterConfig {
+    /// Compiles `user_agent_exclude`; the error names the first bad regex.
+    pub fn compile_user_agent_exclude(&self) -> Result<Option<RegexSet>, String> {
+        let patterns = &self.user_agent_exclude;
+        if patterns.is_empty() {
+            return Ok(None);
+        }
+        for p in patterns {
+            RegexSetBuilder::new([p])
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+                .map_err(|e| format!("{p:?}: {e}"))?;
+        }
+        RegexSetBuilder::new(patterns)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -425,7 +515,8 @@ impl Config {
         if self.rate_limit.max_keys == 0 {
             return Err(invalid("rate_limit.max_keys", "must be above 0".into()));
         }
-        crate::filter::compile_user_agent_exclude(&self.filter.user_agent_exclude)
+        self.filter
+            .compile_user_agent_exclude()
             .map_err(|m| invalid("filter.user_agent_exclude", m))?;
         if http.listen == self.admin.listen && http.listen.port() != 0 {
             return Err(invalid(
@@ -451,6 +542,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_events(origin)?;
         let kafka = &self.kafka;
         if kafka.brokers.trim().is_empty() {
             return Err(invalid(
@@ -488,10 +580,89 @@ impl Config {
     }
 
     /// `output.hostname`, or the machine's FQDN when unset.
-    pub fn resolve_hostname(&mut self) -> &str {
-        self.output
-            .hostname
-            .get_or_insert_with(crate::meta::machine_fqdn)
+    fn validate_events(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            key,
+            message,
+        };
+        let events = &self.events;
+        for route in &events.routes {
+            if !route.starts_with('/') || route.contains('?') {
+                return Err(invalid(
+                    "events.routes",
+                    format!("{route:?} must be a path starting with `/`"),
+                ));
+            }
+            if events.enabled() && self.http.routes.contains(route) {
+                return Err(invalid(
+                    "events.routes",
+                    format!("{route:?} is also in http.routes"),
+                ));
+            }
+        }
+        if !events.enabled() {
+            return Ok(());
+        }
+        if events.routes.is_empty() {
+            return Err(invalid(
+                "events.routes",
+                "at least one route is needed (or unset events.stream_config)".into(),
+            ));
+        }
+        if events.schema_repositories.is_empty() {
+            return Err(invalid(
+                "events.schema_repositories",
+                "name at least one schema repository directory".into(),
+            ));
+        }
+        if events.service_name.is_empty()
+            || events
+                .service_name
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(invalid(
+                "events.service_name",
+                "must be non-empty, without spaces or control characters".into(),
+            ));
+        }
+        let error_topic = if events.error_stream_unprefixed() {
+            events.error_stream()
+        } else {
+            format!("{}{}", events.topic_prefix, events.error_stream())
+        };
+        check_topic_name(&error_topic).map_err(|m| invalid("events.error_stream", m))?;
+        if !events.topic_prefix.is_empty() {
+            check_topic_name(&events.topic_prefix)
+                .map_err(|m| invalid("events.topic_prefix", m))?;
+        }
+        if !(2..=1 << 24).contains(&events.max_body_bytes) {
+            return Err(invalid(
+                "events.max_body_bytes",
+                "must be between 2 and 16777216".into(),
+            ));
+        }
+        if !(1..=100_000).contains(&events.max_events_per_request) {
+            return Err(invalid(
+                "events.max_events_per_request",
+                "must be between 1 and 100000".into(),
+            ));
+        }
+        for origin in &events.cors_allowed_origins {
+            if origin != "*" && http::HeaderValue::from_str(origin).is_err() {
+                return Err(invalid(
+                    "events.cors_allowed_origins",
+                    format!("{origin:?} is not a valid origin"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `lookup` finds the machine's name (`meta::machine_fqdn`).
+    pub fn resolve_hostname(&mut self, lookup: impl FnOnce() -> String) -> &str {
+        self.output.hostname.get_or_insert_with(lookup)
     }
 
     /// The producer properties in force: defaults, overridden by the file.
@@ -525,7 +696,7 @@ impl Config {
             self.http.max_query_bytes,
             self.http.max_user_agent_bytes,
             hostname_len,
-        ) + crate::sink::MAX_KEY_BYTES;
+        ) + crate::format::MAX_KEY_BYTES;
         let limit = self.message_max_bytes();
         if largest > limit {
             return Err(ConfigError::Invalid {
@@ -693,7 +864,7 @@ mod tests {
     #[test]
     fn check_output_round_trips() {
         let mut c = Config::parse("[kafka]\nerror_topic = \"errs\"\n", "f").unwrap();
-        c.resolve_hostname();
+        c.resolve_hostname(|| "h.example".into());
         let shown = c.to_toml();
         let again = Config::parse(&shown, "shown").unwrap();
         assert_eq!(again.kafka.error_topic.as_deref(), Some("errs"));

@@ -16,30 +16,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use regex::bytes::{RegexSet, RegexSetBuilder};
+use regex::bytes::RegexSet;
 
 use crate::config::{FilterConfig, PrivacyConfig};
-
-/// The largest compiled form of the exclusion regexes, in bytes.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
-
-/// Compiles `filter.user_agent_exclude`; the error names the first bad regex.
-pub fn compile_user_agent_exclude(patterns: &[String]) -> Result<Option<RegexSet>, String> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    for p in patterns {
-        RegexSetBuilder::new([p])
-            .size_limit(REGEX_SIZE_LIMIT)
-            .build()
-            .map_err(|e| format!("{p:?}: {e}"))?;
-    }
-    RegexSetBuilder::new(patterns)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map(Some)
-        .map_err(|e| e.to_string())
-}
 
 /// The per-beacon filters, built once at start-up.
 #[derive(Debug, Clone, Default)]
@@ -49,19 +28,13 @@ pub struct BeaconFilter {
 }
 
 impl BeaconFilter {
-    /// Builds the filters from a validated config (`Config::parse` has
-    /// compiled the regexes once already; a failure here cannot happen, and
-    /// would only switch the filter off).
-    pub fn new(filter: &FilterConfig, privacy: &PrivacyConfig) -> Self {
-        let user_agent_exclude =
-            compile_user_agent_exclude(&filter.user_agent_exclude).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "filter.user_agent_exclude does not compile: not filtering");
-                None
-            });
-        Self {
-            user_agent_exclude,
+    /// Builds the filters; a regex that does not compile is an error (the
+    /// filter never fails open).
+    pub fn new(filter: &FilterConfig, privacy: &PrivacyConfig) -> Result<Self, String> {
+        Ok(Self {
+            user_agent_exclude: filter.compile_user_agent_exclude()?,
             anonymize_ip: privacy.anonymize_ip,
-        }
+        })
     }
 
     /// True when the user agent matches one of the exclusion regexes.
@@ -107,6 +80,7 @@ mod tests {
             },
             &PrivacyConfig { anonymize_ip },
         )
+        .unwrap()
     }
 
     #[test]
@@ -142,8 +116,16 @@ mod tests {
 
     #[test]
     fn bad_regex_is_named() {
-        let err = compile_user_agent_exclude(&["ok".into(), "(unclosed".into()]).unwrap_err();
+        let bad = FilterConfig {
+            user_agent_exclude: vec!["ok".into(), "(unclosed".into()],
+        };
+        let err = bad.compile_user_agent_exclude().unwrap_err();
         assert!(err.contains("(unclosed"), "{err}");
-        assert!(compile_user_agent_exclude(&[]).unwrap().is_none());
+        // Never fails open: the filter cannot be built without its regexes.
+        assert!(BeaconFilter::new(&bad, &PrivacyConfig::default()).is_err());
+        let none = FilterConfig::default()
+            .compile_user_agent_exclude()
+            .unwrap();
+        assert!(none.is_none());
     }
 }

@@ -41,6 +41,9 @@ pub const ERROR_RAW_QUERY_MAX: usize = 1024;
 /// Longest text form of an IP address (an IPv4-mapped IPv6 address).
 const MAX_IP_TEXT: usize = 45;
 
+/// Longest message key beacond writes for a beacon: the text of an IP address.
+pub const MAX_KEY_BYTES: usize = MAX_IP_TEXT;
+
 impl OutputFormat {
     /// Appends the message for an accepted beacon to `out`.
     /// `capsule` is the decoded JSON object text of `raw_query`.

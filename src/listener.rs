@@ -35,8 +35,41 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{CounterSet, LabelSet, Metrics};
 use crate::proxy_protocol::{self, ProxyError};
+
+/// Why a beacon connection was closed before HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnectionRefusal {
+    /// `http.max_connections` were open.
+    MaxConnections,
+    /// The PROXY protocol rule refused it.
+    Proxy(ProxyError),
+}
+
+impl LabelSet for ConnectionRefusal {
+    const NAME: &'static str = "reason";
+    const ALL: &'static [Self] = &[
+        ConnectionRefusal::MaxConnections,
+        ConnectionRefusal::Proxy(ProxyError::COUNTED[0]),
+        ConnectionRefusal::Proxy(ProxyError::COUNTED[1]),
+        ConnectionRefusal::Proxy(ProxyError::COUNTED[2]),
+        ConnectionRefusal::Proxy(ProxyError::COUNTED[3]),
+    ];
+    fn as_str(self) -> &'static str {
+        match self {
+            ConnectionRefusal::MaxConnections => "max_connections",
+            ConnectionRefusal::Proxy(e) => e.as_str(),
+        }
+    }
+}
+
+fn refusal_counters(metrics: &Metrics) -> CounterSet<ConnectionRefusal> {
+    metrics.counter_set(
+        "connections_rejected",
+        "Beacon connections closed before HTTP, by reason",
+    )
+}
 
 /// hyper's own header count limit; kept on the stack when unchanged.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
@@ -127,6 +160,7 @@ pub async fn serve_with_edge<H, F>(
     }
     let builder = Arc::new(builder);
     let slots = edge.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+    let refusals = metrics.as_deref().map(refusal_counters);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -148,8 +182,8 @@ pub async fn serve_with_edge<H, F>(
                 Ok(slot) => Some(slot),
                 Err(_) => {
                     // Full: close at once, so the balancer can go elsewhere.
-                    if let Some(m) = &metrics {
-                        m.edge.connections_over_limit.inc();
+                    if let Some(r) = &refusals {
+                        r.inc(ConnectionRefusal::MaxConnections);
                     }
                     drop(stream);
                     continue;
@@ -163,6 +197,7 @@ pub async fn serve_with_edge<H, F>(
         let proxy_trusted = edge.proxy_protocol.clone();
         let header_timeout = settings.header_read_timeout;
         let metrics = metrics.clone();
+        let refusals = refusals.clone();
         tokio::spawn(async move {
             let _slot = slot;
             if let Some(m) = &metrics {
@@ -177,8 +212,8 @@ pub async fn serve_with_edge<H, F>(
                     match proxy_protocol::accept(stream, peer, is_trusted, header_timeout).await {
                         Ok(accepted) => (accepted.stream, accepted.peer),
                         Err(e) => {
-                            if let (Some(m), false) = (&metrics, e == ProxyError::Closed) {
-                                m.edge.count_proxy_rejected(e);
+                            if let (Some(r), false) = (&refusals, e == ProxyError::Closed) {
+                                r.inc(ConnectionRefusal::Proxy(e));
                             }
                             tracing::debug!(%peer, error = %e, "connection closed before HTTP");
                             return;
@@ -210,5 +245,16 @@ pub async fn serve_with_edge<H, F>(
         .is_err()
     {
         tracing::warn!("connections still open after the shutdown grace period; closing them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_labels_cover_every_counted_proxy_error() {
+        crate::metrics::check_label_set::<ConnectionRefusal>().unwrap();
+        assert_eq!(ConnectionRefusal::ALL.len(), ProxyError::COUNTED.len() + 1);
     }
 }

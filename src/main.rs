@@ -32,8 +32,7 @@ fn main() -> anyhow::Result<()> {
         .init();
 
     let mut config = Config::load(&args.config)?;
-    config.resolve_hostname();
-    config.check_message_size()?;
+    beacond::service::prepare(&mut config)?;
     if args.check {
         KafkaSink::validate_properties(&config).context("kafka.properties")?;
         print!("{}", config.to_toml());

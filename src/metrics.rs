@@ -1,25 +1,156 @@
 //! Metrics: every counter and gauge the service exports, in one registry.
 //!
-//! Owns the metric names (prefix `beacond_`), their label sets (all bounded:
-//! status codes, reject reasons, topic roles), and the Prometheus text
-//! rendering served by the admin listener.
+//! Owns the registry (prefix `beacond_`), the metrics that need no domain
+//! vocabulary (requests by route and status, connections, Kafka per topic
+//! role, the spool), one mechanism for every bounded label set
+//! ([`LabelSet`], [`CounterSet`]: the domain modules name their reasons, this
+//! module counts them), and the Prometheus text rendering.
 //!
-//! Must never: take a label value from request data (cardinality stays
-//! bounded), or lock on the request path (hot counters are resolved once).
+//! A leaf: imports no other module of the crate. Must never: take a label
+//! value from request data (cardinality stays bounded), or lock on the
+//! request path for a hot counter (those are resolved once).
 
+use std::any::Any;
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{
+    EncodeLabel, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::decode::RejectReason;
+/// A bounded set of label values, such as the reasons a beacon is refused:
+/// a fieldless enum that lists every value. Implemented by the module that
+/// owns the vocabulary; counted by a [`CounterSet`].
+pub trait LabelSet: Copy + Eq + std::hash::Hash + std::fmt::Debug + Send + Sync + 'static {
+    /// The label's name, e.g. `reason`.
+    const NAME: &'static str;
+    /// Every value, each once.
+    const ALL: &'static [Self];
+    /// The label's value: stable snake_case.
+    fn as_str(self) -> &'static str;
+}
 
+/// Checks a [`LabelSet`]: values distinct, labels distinct, non-empty and
+/// snake_case. For each implementation's tests.
+pub fn check_label_set<L: LabelSet>() -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, v) in L::ALL.iter().enumerate() {
+        if L::ALL[..i].contains(v) {
+            return Err(format!("{v:?} is listed twice"));
+        }
+        let label = v.as_str();
+        let snake = !label.is_empty()
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !snake || !seen.insert(label) {
+            return Err(format!(
+                "{v:?}: label {label:?} is empty, not snake_case or taken"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One counter per value of `L`, all registered up front (so a reason that
+/// never happened shows as 0, not as a missing series).
+pub struct CounterSet<L: LabelSet> {
+    counters: Arc<[Counter]>,
+    _label: PhantomData<L>,
+}
+
+impl<L: LabelSet> Clone for CounterSet<L> {
+    fn clone(&self) -> Self {
+        Self {
+            counters: self.counters.clone(),
+            _label: PhantomData,
+        }
+    }
+}
+
+impl<L: LabelSet> std::fmt::Debug for CounterSet<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CounterSet")
+            .field("label", &L::NAME)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<L: LabelSet> CounterSet<L> {
+    fn position(value: L) -> usize {
+        let i = L::ALL.iter().position(|v| *v == value);
+        debug_assert!(i.is_some(), "{value:?} is missing from its LabelSet::ALL");
+        i.unwrap_or(usize::MAX)
+    }
+
+    pub fn inc(&self, value: L) {
+        self.inc_by(value, 1);
+    }
+
+    pub fn inc_by(&self, value: L, n: u64) {
+        if let Some(c) = self.counters.get(Self::position(value)) {
+            c.inc_by(n);
+        }
+    }
+
+    /// The counter's value (for tests and status lines).
+    pub fn get(&self, value: L) -> u64 {
+        self.counters
+            .get(Self::position(value))
+            .map_or(0, Counter::get)
+    }
+}
+
+/// The label set of a [`CounterSet`] family.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Labeled<L>(L);
+
+impl<L: LabelSet> EncodeLabelSet for Labeled<L> {
+    fn encode(&self, mut encoder: LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        (L::NAME, self.0.as_str()).encode(encoder.encode_label())
+    }
+}
+
+/// Requests by route and status; `route` is a configured path (bounded by
+/// the config) or `other`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StatusLabels {
+struct RouteStatusLabels {
+    route: String,
     status: u16,
+}
+
+/// The response counters of one route, with the hot statuses resolved once.
+#[derive(Clone, Debug)]
+pub struct RouteCounters {
+    route: String,
+    family: Family<RouteStatusLabels, Counter>,
+    hot: [(u16, Counter); 3],
+}
+
+impl RouteCounters {
+    /// Counts a response on this route.
+    pub fn count(&self, status: http::StatusCode) {
+        let code = status.as_u16();
+        match self.hot.iter().find(|(s, _)| *s == code) {
+            Some((_, c)) => {
+                c.inc();
+            }
+            None => {
+                self.family
+                    .get_or_create(&RouteStatusLabels {
+                        route: self.route.clone(),
+                        status: code,
+                    })
+                    .inc();
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -177,16 +308,15 @@ impl SpoolMetrics {
 }
 
 pub struct Metrics {
-    registry: Registry,
+    registry: Mutex<Registry>,
+    /// Counter sets registered by name, so a second request for one returns
+    /// the same counters.
+    sets: Mutex<HashMap<&'static str, Box<dyn Any + Send>>>,
     pub spool: SpoolMetrics,
     pub edge: EdgeMetrics,
-    requests: Family<StatusLabels, Counter>,
-    requests_204: Counter,
-    rejected: Vec<Counter>,
+    requests: Family<RouteStatusLabels, Counter>,
     /// Valid beacons handed to the producer and answered 204.
     pub accepted: Counter,
-    /// Valid beacons answered 503, by [`crate::sink::EnqueueError::reason`].
-    refused: Vec<(&'static str, Counter)>,
     pub main_topic: TopicCounters,
     pub error_topic: TopicCounters,
     /// Messages in the producer's queue or in flight to the broker.
@@ -214,53 +344,18 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("beacond");
-        let requests = Family::<StatusLabels, Counter>::default();
+        let requests = Family::<RouteStatusLabels, Counter>::default();
         registry.register(
             "requests",
-            "HTTP requests on the beacon listener, by response status",
+            "HTTP requests on the beacon listener, by route and response status",
             requests.clone(),
         );
-        let requests_204 = requests
-            .get_or_create(&StatusLabels { status: 204 })
-            .clone();
-
-        let rejected_family = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "beacons_rejected",
-            "Beacons refused with a 4xx, by reason",
-            rejected_family.clone(),
-        );
-        let rejected = RejectReason::ALL
-            .iter()
-            .map(|r| {
-                rejected_family
-                    .get_or_create(&ReasonLabels { reason: r.as_str() })
-                    .clone()
-            })
-            .collect();
-
         let accepted = Counter::default();
         registry.register(
             "beacons_accepted",
             "Beacons handed to the producer and answered 204",
             accepted.clone(),
         );
-
-        let refused = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "beacons_refused",
-            "Valid beacons answered 503 (not accepted), by reason",
-            refused.clone(),
-        );
-        let refused = crate::sink::EnqueueError::REASONS
-            .iter()
-            .map(|&reason| {
-                (
-                    reason,
-                    refused.get_or_create(&ReasonLabels { reason }).clone(),
-                )
-            })
-            .collect();
 
         let topic_family = |registry: &mut Registry, name: &str, help: &str| {
             let family = Family::<TopicLabels, Counter>::default();
@@ -334,14 +429,12 @@ impl Metrics {
         let edge = EdgeMetrics::new(&mut registry);
 
         Self {
-            registry,
+            registry: Mutex::new(registry),
+            sets: Mutex::new(HashMap::new()),
             spool,
             edge,
             requests,
-            requests_204,
-            rejected,
             accepted,
-            refused,
             main_topic,
             error_topic,
             producer_queue_depth,
@@ -352,35 +445,55 @@ impl Metrics {
         }
     }
 
-    /// Counts a response on the beacon listener.
-    pub fn count_response(&self, status: http::StatusCode) {
-        if status == http::StatusCode::NO_CONTENT {
-            self.requests_204.inc();
-        } else {
-            self.requests
-                .get_or_create(&StatusLabels {
-                    status: status.as_u16(),
-                })
-                .inc();
+    /// The response counters of a route (`other` for unrouted requests).
+    pub fn route(&self, route: &str) -> RouteCounters {
+        let route = route.to_string();
+        let hot = [204u16, 202, 201].map(|status| {
+            let labels = RouteStatusLabels {
+                route: route.clone(),
+                status,
+            };
+            (status, self.requests.get_or_create(&labels).clone())
+        });
+        RouteCounters {
+            route,
+            family: self.requests.clone(),
+            hot,
         }
     }
 
-    /// Counts a valid beacon answered 503.
-    pub fn count_refused(&self, error: &crate::sink::EnqueueError) {
-        let reason = error.reason();
-        if let Some((_, c)) = self.refused.iter().find(|(r, _)| *r == reason) {
-            c.inc();
+    /// Registers (once per name) a counter family labelled by `L`, with
+    /// every value at 0.
+    pub fn counter_set<L: LabelSet>(&self, name: &'static str, help: &str) -> CounterSet<L> {
+        let mut sets = lock(&self.sets);
+        if let Some(set) = sets
+            .get(name)
+            .and_then(|s| s.downcast_ref::<CounterSet<L>>())
+        {
+            return set.clone();
         }
-    }
-
-    pub fn count_rejected(&self, reason: RejectReason) {
-        let i = RejectReason::ALL
+        let family = Family::<Labeled<L>, Counter>::default();
+        let counters: Arc<[Counter]> = L::ALL
             .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
-        if let Some(c) = self.rejected.get(i) {
-            c.inc();
-        }
+            .map(|v| family.get_or_create(&Labeled(*v)).clone())
+            .collect();
+        lock(&self.registry).register(name, help, family);
+        let set = CounterSet {
+            counters,
+            _label: PhantomData,
+        };
+        sets.insert(name, Box::new(set.clone()));
+        set
+    }
+
+    /// Registers a metric that needs no label set, e.g. a histogram.
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        lock(&self.registry).register(name, help, metric);
     }
 
     pub fn topic(&self, role: TopicRole) -> &TopicCounters {
@@ -394,15 +507,20 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8192);
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &lock(&self.registry));
         out
     }
 }
 
-/// Edge protection metrics: rate limits, filters, refused connections.
+/// A poisoned lock only means a panic elsewhere; the counters are still good.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Edge protection metrics that need no domain vocabulary (the rate limit
+/// and connection refusal reasons are [`CounterSet`]s of their modules).
 #[derive(Clone, Debug)]
 pub struct EdgeMetrics {
-    rate_limited: Vec<Counter>,
     /// Clients held by the per-client rate limiter (bounded by `rate_limit.max_keys`).
     pub rate_limit_keys: Gauge,
     /// Checks of new clients that found the limiter full and shared its
@@ -410,34 +528,10 @@ pub struct EdgeMetrics {
     pub rate_limit_key_overflow: Counter,
     /// Beacons dropped (answered 204) for a `filter.user_agent_exclude` match.
     pub filtered_user_agent: Counter,
-    /// Connections closed at once because `http.max_connections` were open.
-    pub connections_over_limit: Counter,
-    proxy_rejected: Vec<Counter>,
 }
 
 impl EdgeMetrics {
     fn new(registry: &mut Registry) -> Self {
-        use crate::proxy_protocol::ProxyError;
-        use crate::rate_limit::Limit;
-
-        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-        struct LimitLabels {
-            limit: &'static str,
-        }
-        let limited = Family::<LimitLabels, Counter>::default();
-        registry.register(
-            "beacons_rate_limited",
-            "Beacons over a rate limit (answered 429, or 204 and dropped), by limit",
-            limited.clone(),
-        );
-        let rate_limited = Limit::ALL
-            .iter()
-            .map(|l| {
-                limited
-                    .get_or_create(&LimitLabels { limit: l.as_str() })
-                    .clone()
-            })
-            .collect();
         let rate_limit_keys = Gauge::default();
         registry.register(
             "rate_limit_keys",
@@ -461,52 +555,10 @@ impl EdgeMetrics {
                 reason: "user_agent",
             })
             .clone();
-        let rejected = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "connections_rejected",
-            "Beacon connections closed before HTTP, by reason",
-            rejected.clone(),
-        );
-        let connections_over_limit = rejected
-            .get_or_create(&ReasonLabels {
-                reason: "max_connections",
-            })
-            .clone();
-        let proxy_rejected = ProxyError::COUNTED
-            .iter()
-            .map(|e| {
-                rejected
-                    .get_or_create(&ReasonLabels { reason: e.as_str() })
-                    .clone()
-            })
-            .collect();
         Self {
-            rate_limited,
             rate_limit_keys,
             rate_limit_key_overflow,
             filtered_user_agent,
-            connections_over_limit,
-            proxy_rejected,
-        }
-    }
-
-    pub fn count_rate_limited(&self, limit: crate::rate_limit::Limit) {
-        let i = crate::rate_limit::Limit::ALL
-            .iter()
-            .position(|l| *l == limit)
-            .unwrap_or(0);
-        if let Some(c) = self.rate_limited.get(i) {
-            c.inc();
-        }
-    }
-
-    /// Counts a connection closed by the PROXY rule (not `Closed`).
-    pub fn count_proxy_rejected(&self, error: crate::proxy_protocol::ProxyError) {
-        if let Some(i) = crate::proxy_protocol::ProxyError::COUNTED
-            .iter()
-            .position(|e| *e == error)
-        {
-            self.proxy_rejected[i].inc();
         }
     }
 }
@@ -515,34 +567,49 @@ impl EdgeMetrics {
 mod tests {
     use super::*;
 
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    enum Color {
+        Red,
+        Dark,
+    }
+
+    impl LabelSet for Color {
+        const NAME: &'static str = "color";
+        const ALL: &'static [Self] = &[Color::Red, Color::Dark];
+        fn as_str(self) -> &'static str {
+            match self {
+                Color::Red => "red",
+                Color::Dark => "dark_blue",
+            }
+        }
+    }
+
     #[test]
     fn renders_with_prefix_and_labels() {
         let m = Metrics::new();
-        m.count_response(http::StatusCode::NO_CONTENT);
-        m.count_response(http::StatusCode::BAD_REQUEST);
-        m.count_rejected(RejectReason::InvalidJson);
+        let beacon = m.route("/beacon/event");
+        beacon.count(http::StatusCode::NO_CONTENT);
+        beacon.count(http::StatusCode::BAD_REQUEST);
+        let colors = m.counter_set::<Color>("colors", "Test colors");
+        colors.inc(Color::Dark);
+        // A second registration under the same name shares the counters.
+        m.counter_set::<Color>("colors", "Test colors")
+            .inc(Color::Dark);
         m.main_topic.delivered.inc();
         let text = m.render();
-        assert!(
-            text.contains("beacond_requests_total{status=\"204\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("beacond_requests_total{status=\"400\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("beacond_beacons_rejected_total{reason=\"invalid_json\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("beacond_beacons_rejected_total{reason=\"empty_query\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("beacond_kafka_delivered_total{topic=\"main\"} 1"),
-            "{text}"
-        );
+        for line in [
+            "beacond_requests_total{route=\"/beacon/event\",status=\"204\"} 1",
+            "beacond_requests_total{route=\"/beacon/event\",status=\"400\"} 1",
+            "beacond_requests_total{route=\"/beacon/event\",status=\"202\"} 0",
+            "beacond_colors_total{color=\"dark_blue\"} 2",
+            "beacond_colors_total{color=\"red\"} 0",
+            "beacond_kafka_delivered_total{topic=\"main\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert_eq!(text.matches("# TYPE beacond_colors counter").count(), 1);
+        assert_eq!(colors.get(Color::Dark), 2);
         assert!(text.ends_with("# EOF\n"));
+        assert!(check_label_set::<Color>().is_ok());
     }
 }

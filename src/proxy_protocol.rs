@@ -133,7 +133,7 @@ fn parse_v1(buf: &[u8]) -> Parsed {
 }
 
 /// Why a connection was closed before HTTP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum ProxyError {
     #[error("trusted peer sent no PROXY header")]
     Missing,

@@ -22,7 +22,7 @@ use crate::intake::Intake;
 use crate::listener::{self, ConnectionSettings};
 use crate::metrics::Metrics;
 use crate::sink::{KafkaSink, SinkError};
-use crate::spool::{Spool, SpoolOpenError};
+use crate::spool::{Spool, SpoolOpenError, SpoolSettings};
 
 /// How often the readiness probe asks the broker for metadata.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -45,6 +45,16 @@ pub enum ServiceError {
     Thread(std::io::Error),
     #[error(transparent)]
     Spool(#[from] SpoolOpenError),
+    #[error(transparent)]
+    Intake(#[from] crate::intake::IntakeError),
+}
+
+/// Completes a parsed config with what needs the machine (the host name) and
+/// checks what spans modules (message sizes against the producer's limit).
+pub fn prepare(config: &mut Config) -> Result<(), ServiceError> {
+    config.resolve_hostname(crate::meta::machine_fqdn);
+    config.check_message_size()?;
+    Ok(())
 }
 
 /// A bound, not yet running, service.
@@ -60,10 +70,9 @@ pub struct Service {
 impl Service {
     /// Checks the config, creates the producer and binds both listeners.
     pub async fn bind(mut config: Config) -> Result<Service, ServiceError> {
-        config.resolve_hostname();
-        config.check_message_size()?;
+        prepare(&mut config)?;
         let metrics = Arc::new(Metrics::new());
-        let mut spool = match config.spool.settings() {
+        let mut spool = match SpoolSettings::from_config(&config.spool) {
             Some(settings) => Some(Spool::open(settings, metrics.spool.clone())?),
             None => None,
         };
@@ -163,7 +172,7 @@ impl Service {
             ))
         };
 
-        let intake = Arc::new(Intake::new(&config, sink.clone(), metrics.clone()));
+        let intake = Arc::new(Intake::new(&config, sink.clone(), metrics.clone())?);
         let handler = move |req: http::Request<hyper::body::Incoming>, peer| {
             let intake = intake.clone();
             async move { intake.handle(req, peer).await }

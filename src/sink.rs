@@ -76,10 +76,24 @@ pub enum Enqueued {
     Spooling(AppendReply),
 }
 
-/// Takes formatted lines off the request path.
-pub trait BeaconSink: Send + Sync + 'static {
-    /// Hands an accepted beacon's line over; returns at once.
-    fn enqueue(&self, line: &[u8], key: Option<&[u8]>) -> Result<Enqueued, EnqueueError>;
+/// A message for Kafka.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboundMessage<'a> {
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+}
+
+impl<'a> OutboundMessage<'a> {
+    /// An accepted beacon's line, for `kafka.topic`.
+    pub fn beacon(payload: &'a [u8], key: Option<&'a [u8]>) -> Self {
+        Self { key, payload }
+    }
+}
+
+/// Takes formatted messages off the request path.
+pub trait MessageSink: Send + Sync + 'static {
+    /// Hands an accepted message over; returns at once.
+    fn enqueue(&self, message: &OutboundMessage<'_>) -> Result<Enqueued, EnqueueError>;
     /// Hands a rejected beacon's record over, best effort (counted when it
     /// cannot be taken; never fails the request, which is already a 4xx).
     fn report_rejection(&self, record: &[u8]);
@@ -317,8 +331,9 @@ impl KafkaSink {
     }
 }
 
-impl BeaconSink for KafkaSink {
-    fn enqueue(&self, line: &[u8], key: Option<&[u8]>) -> Result<Enqueued, EnqueueError> {
+impl MessageSink for KafkaSink {
+    fn enqueue(&self, message: &OutboundMessage<'_>) -> Result<Enqueued, EnqueueError> {
+        let (line, key) = (message.payload, message.key);
         let Some(spool) = &self.spool else {
             return self
                 .send(&self.topic, TAG_MAIN, line, key)

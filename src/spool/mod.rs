@@ -28,25 +28,13 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
 use crate::metrics::SpoolMetrics;
 use segment::{
     parse_segment_file_name, scan_segment, segment_file_name, SegmentReader, SegmentWriter,
     SpoolRecord, SEGMENT_HEADER_LEN,
 };
 
-/// When lines go to the spool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SpoolMode {
-    /// Straight to the producer; to the spool when the producer cannot take a
-    /// line or its delivery fails, and while the spool is not empty.
-    #[default]
-    Overflow,
-    /// Every accepted line is written to the spool before 204 (write-ahead).
-    Always,
-}
+pub use crate::config::SpoolMode;
 
 /// The spool's settings, from `[spool]`.
 #[derive(Debug, Clone)]
@@ -56,6 +44,19 @@ pub struct SpoolSettings {
     pub max_bytes: u64,
     pub segment_bytes: u64,
     pub fsync_interval: Duration,
+}
+
+impl SpoolSettings {
+    /// The spool's settings, when `spool.enabled`.
+    pub fn from_config(config: &crate::config::SpoolConfig) -> Option<Self> {
+        config.enabled.then(|| SpoolSettings {
+            dir: config.dir.clone(),
+            mode: config.mode,
+            max_bytes: config.max_bytes,
+            segment_bytes: config.segment_bytes,
+            fsync_interval: Duration::from_millis(config.fsync_interval_ms),
+        })
+    }
 }
 
 /// Where a spooled record lives. Packed into librdkafka's message opaque.

@@ -278,8 +278,40 @@ impl Metrics {
                 .collect(),
         )
     }
+    /// The value of one series; a series that does not exist fails the test
+    /// (a renamed or unregistered metric must not read as 0).
+    #[track_caller]
     pub fn get(&self, key: &str) -> f64 {
-        self.0.get(key).copied().unwrap_or(0.0)
+        match self.0.get(key) {
+            Some(v) => *v,
+            None => {
+                let name = key.split('{').next().unwrap_or(key);
+                let mut similar: Vec<_> = self.0.keys().filter(|k| k.starts_with(name)).collect();
+                similar.sort();
+                panic!("no series {key}; series of {name}: {similar:?}")
+            }
+        }
+    }
+
+    /// The sum over every series of `name` whose labels include each of
+    /// `labels` (`("status", "204")`); fails when `name` has no series.
+    #[track_caller]
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let series: Vec<_> = self
+            .0
+            .iter()
+            .filter(|(k, _)| k.split('{').next() == Some(name))
+            .collect();
+        assert!(!series.is_empty(), "no series of {name}");
+        series
+            .iter()
+            .filter(|(k, _)| {
+                labels
+                    .iter()
+                    .all(|(l, v)| k.contains(&format!("{l}=\"{v}\"")))
+            })
+            .map(|(_, v)| **v)
+            .sum()
     }
 }
 

@@ -1,0 +1,311 @@
+//! The legacy beacon protocol: `GET`/`POST /beacon/event?<json>;`, answered
+//! `204 No Content`, one message per beacon.
+//!
+//! Owns what is particular to beacons: the method rule (405 with `Allow`),
+//! the empty-body drain (413/408), the synchronous [`BeaconIntake::accept`]
+//! step (decode, metadata, format, hand-off), sequence numbers, the
+//! rejection records, and the beacon counters. The shared plumbing (routes,
+//! client gate, spool wait, status accounting) is in [`crate::intake`].
+//!
+//! Must never: answer 204 before the line is in the sink (or dropped on
+//! purpose), or let request data reach a metric label.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Body;
+use prometheus_client::metrics::counter::Counter;
+
+use super::{
+    drain_body, empty, overloaded, plain, spooled, too_many_requests, user_agent, Admission,
+    BodyError, BoxError, ClientGate, RefusalReason,
+};
+use crate::config::{Config, Partitioning};
+use crate::decode::{decode_beacon, RejectReason};
+use crate::format::{write_error_record, OutputFormat, MAX_KEY_BYTES};
+use crate::meta::{BeaconMeta, ReceiveTime, SequenceCounter};
+use crate::metrics::{CounterSet, LabelSet, Metrics};
+use crate::sink::{EnqueueError, Enqueued, MessageSink, OutboundMessage};
+use crate::spool::AppendReply;
+
+/// What became of a beacon.
+#[derive(Debug)]
+pub enum Outcome {
+    /// In the sink; answered 204.
+    Accepted,
+    /// On its way to the spool; answered 204 once written, 503 if refused.
+    Spooling(AppendReply),
+    /// Malformed; answered 4xx.
+    Rejected(RejectReason),
+    /// Valid, but the sink could not take it; answered 503.
+    Refused(EnqueueError),
+    /// Over a rate limit (`rate_limit.exceeded = "429"`); answered 429 with
+    /// `Retry-After` in seconds.
+    RateLimited { retry_after_secs: u64 },
+    /// Dropped on purpose, not decoded; answered 204 all the same.
+    Dropped(DropReason),
+}
+
+/// Why a beacon (or an events request) was dropped with a 2xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Over a rate limit, with `rate_limit.exceeded = "204"`.
+    RateLimited,
+    /// The user agent matched `filter.user_agent_exclude`.
+    UserAgentExcluded,
+}
+
+/// The request limits of the beacon endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_query_bytes: usize,
+    pub max_user_agent_bytes: usize,
+    pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+}
+
+impl LabelSet for RejectReason {
+    const NAME: &'static str = "reason";
+    const ALL: &'static [Self] = &RejectReason::ALL;
+    fn as_str(self) -> &'static str {
+        RejectReason::as_str(self)
+    }
+}
+
+/// The beacon endpoint.
+pub struct BeaconIntake<S> {
+    limits: Limits,
+    format: OutputFormat,
+    partitioning: Partitioning,
+    hostname: Box<str>,
+    seq: SequenceCounter,
+    sink: Arc<S>,
+    accepted: Counter,
+    rejected: CounterSet<RejectReason>,
+    refused: CounterSet<RefusalReason>,
+}
+
+/// Per-thread scratch space, reused by every beacon handled on the thread.
+#[derive(Default)]
+struct Scratch {
+    decoded: Vec<u8>,
+    line: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+const ALLOWED_METHODS: &str = "GET, HEAD, POST";
+
+impl<S: MessageSink> BeaconIntake<S> {
+    /// Builds the endpoint from a config whose hostname is resolved.
+    pub fn new(config: &Config, sink: Arc<S>, metrics: Arc<Metrics>) -> Self {
+        let http = &config.http;
+        Self {
+            limits: Limits {
+                max_query_bytes: http.max_query_bytes,
+                max_user_agent_bytes: http.max_user_agent_bytes,
+                max_body_bytes: http.max_body_bytes,
+                body_timeout: Duration::from_millis(http.header_read_timeout_ms),
+            },
+            format: config.output.format,
+            partitioning: config.kafka.partitioning,
+            hostname: config
+                .output
+                .hostname
+                .as_deref()
+                .unwrap_or("localhost")
+                .into(),
+            seq: SequenceCounter::default(),
+            sink,
+            accepted: metrics.accepted.clone(),
+            rejected: metrics
+                .counter_set("beacons_rejected", "Beacons refused with a 4xx, by reason"),
+            refused: metrics.counter_set(
+                "beacons_refused",
+                "Valid beacons answered 503 (not accepted), by reason",
+            ),
+        }
+    }
+
+    /// Answers one request on a beacon route.
+    pub async fn respond<B>(
+        &self,
+        req: Request<B>,
+        peer: SocketAddr,
+        gate: &ClientGate,
+    ) -> Response<Full<Bytes>>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        if !matches!(*req.method(), Method::GET | Method::HEAD | Method::POST) {
+            let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+            return r;
+        }
+        let (parts, body) = req.into_parts();
+        match drain_body(body, self.limits.max_body_bytes, self.limits.body_timeout).await {
+            Ok(()) => {}
+            Err(BodyError::TooLarge) => {
+                self.rejected.inc(RejectReason::BodyTooLarge);
+                return reject_response(RejectReason::BodyTooLarge);
+            }
+            Err(BodyError::Timeout | BodyError::Broken) => {
+                return plain(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request body not received in time\n",
+                );
+            }
+        }
+        let outcome = self.accept(
+            parts.uri.query(),
+            &parts.headers,
+            peer.ip(),
+            ReceiveTime::now(),
+            gate,
+        );
+        let outcome = match outcome {
+            Outcome::Spooling(reply) => match spooled(reply).await {
+                Ok(()) => {
+                    self.accepted.inc();
+                    Outcome::Accepted
+                }
+                Err(e) => self.refuse(e),
+            },
+            other => other,
+        };
+        match outcome {
+            // Dropped on purpose (filter, silent rate limit) looks accepted.
+            Outcome::Accepted | Outcome::Dropped(_) => empty(StatusCode::NO_CONTENT),
+            Outcome::Rejected(reason) => reject_response(reason),
+            Outcome::Refused(_) | Outcome::Spooling(_) => overloaded(),
+            Outcome::RateLimited { retry_after_secs } => too_many_requests(retry_after_secs),
+        }
+    }
+
+    /// The synchronous heart of the endpoint: validates a beacon, attaches its
+    /// metadata, formats it and hands it to the sink.
+    pub fn accept(
+        &self,
+        raw_query: Option<&str>,
+        headers: &HeaderMap,
+        peer: IpAddr,
+        received: ReceiveTime,
+        gate: &ClientGate,
+    ) -> Outcome {
+        let raw_query = raw_query.unwrap_or("");
+        let user_agent = user_agent(headers);
+        let client_ip = match gate.admit(gate.client_ip(peer, headers), user_agent) {
+            Admission::Admitted { client_ip } => client_ip,
+            Admission::RateLimited { retry_after_secs } => {
+                return Outcome::RateLimited { retry_after_secs }
+            }
+            Admission::Dropped(reason) => return Outcome::Dropped(reason),
+        };
+        let mut meta = BeaconMeta {
+            received,
+            seq: None,
+            client_ip,
+            user_agent,
+            hostname: &self.hostname,
+        };
+        SCRATCH.with(|scratch| {
+            let Ok(mut scratch) = scratch.try_borrow_mut() else {
+                // Not reachable: nothing below re-enters. Fall back to fresh buffers.
+                return self.accept_with(raw_query, &mut meta, &mut Scratch::default());
+            };
+            self.accept_with(raw_query, &mut meta, &mut scratch)
+        })
+    }
+
+    fn accept_with(
+        &self,
+        raw_query: &str,
+        meta: &mut BeaconMeta<'_>,
+        scratch: &mut Scratch,
+    ) -> Outcome {
+        if meta.user_agent.len() > self.limits.max_user_agent_bytes {
+            meta.user_agent = &meta.user_agent[..self.limits.max_user_agent_bytes];
+            return self.reject(
+                RejectReason::UserAgentTooLong,
+                raw_query,
+                meta,
+                &mut scratch.line,
+            );
+        }
+        let capsule =
+            match decode_beacon(raw_query, self.limits.max_query_bytes, &mut scratch.decoded) {
+                Ok(capsule) => capsule,
+                Err(reason) => return self.reject(reason, raw_query, meta, &mut scratch.line),
+            };
+        meta.seq = Some(self.seq.next());
+        scratch.line.clear();
+        self.format
+            .write_line(raw_query, capsule, meta, &mut scratch.line);
+        let mut key_buf = [0u8; MAX_KEY_BYTES];
+        let key = match self.partitioning {
+            Partitioning::Random => None,
+            Partitioning::ClientIp => Some(ip_text(meta.client_ip, &mut key_buf)),
+        };
+        match self
+            .sink
+            .enqueue(&OutboundMessage::beacon(&scratch.line, key))
+        {
+            Ok(Enqueued::Queued) => {
+                self.accepted.inc();
+                Outcome::Accepted
+            }
+            Ok(Enqueued::Spooling(reply)) => Outcome::Spooling(reply),
+            Err(e) => self.refuse(e),
+        }
+    }
+
+    fn refuse(&self, e: EnqueueError) -> Outcome {
+        self.refused.inc(RefusalReason::from(&e));
+        Outcome::Refused(e)
+    }
+
+    fn reject(
+        &self,
+        reason: RejectReason,
+        raw_query: &str,
+        meta: &BeaconMeta<'_>,
+        line: &mut Vec<u8>,
+    ) -> Outcome {
+        self.rejected.inc(reason);
+        line.clear();
+        write_error_record(reason, raw_query, meta, line);
+        self.sink.report_rejection(line);
+        Outcome::Rejected(reason)
+    }
+}
+
+fn reject_response(reason: RejectReason) -> Response<Full<Bytes>> {
+    plain(reason.status(), reason.body())
+}
+
+/// Writes an IP's text form into `buf` and returns it.
+fn ip_text(ip: IpAddr, buf: &mut [u8; MAX_KEY_BYTES]) -> &[u8] {
+    use std::io::Write as _;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let len = cursor.position() as usize;
+    &buf[..len]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reject_reasons_are_a_sound_label_set() {
+        crate::metrics::check_label_set::<crate::decode::RejectReason>().unwrap();
+    }
+}
