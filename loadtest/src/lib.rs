@@ -27,6 +27,7 @@
 pub mod cli;
 pub mod corpus;
 pub mod encode;
+pub mod events;
 pub mod http;
 pub mod kafka;
 pub mod lines;
