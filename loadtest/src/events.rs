@@ -156,13 +156,14 @@ fn client_dt(r: &mut Rng) -> String {
 }
 
 fn domain(r: &mut Rng) -> &'static str {
-    *r.pick(&[
+    const DOMAINS: &[&str] = &[
         "en.wikipedia.org",
         "de.wikipedia.org",
         "ja.wikipedia.org",
         "en.m.wikipedia.org",
         "commons.wikimedia.org",
-    ])
+    ];
+    DOMAINS[r.below(DOMAINS.len())]
 }
 
 fn meta(stream: &str, r: &mut Rng) -> Value {
