@@ -6,6 +6,17 @@
 #   loadtest/compare.sh                 # 20 s per measurement
 #   DURATION=60s loadtest/compare.sh    # longer
 #   BEACOND=path/to/beacond LOADTEST=path/to/loadtest SKIP_BUILD=1 loadtest/compare.sh
+#   MODE=events loadtest/compare.sh     # POST /v1/events instead of beacons
+#
+# MODE=events: hasty single-event posts (`POST /v1/events?hasty=true`, one
+# realistic event of a real schema per request, text/plain as sendBeacon
+# sends it; beacond validates every one) against nginx answering the same
+# POST with `return 204`; every event verified on its stream's topic. beacond
+# gets `[events]` over config/dev-streams.yaml and the schemas in
+# tests/fixtures/event-schemas/; the stream topics and the error topic are
+# created on the broker. No Varnish baseline in this mode. EVENT_FLAGS adds
+# loadtest flags (e.g. EVENT_FLAGS="--batch 1-10" for arrays, or
+# "--invalid-fraction 0.01").
 #
 # What it does, in order:
 #   1. installs nginx-light if nginx is missing; builds release binaries
@@ -31,6 +42,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+MODE=${MODE:-beacons}
+case "$MODE" in beacons|events) ;; *) echo "compare: MODE must be beacons or events" >&2; exit 2 ;; esac
 DURATION=${DURATION:-20s}
 ROUND=${ROUND:-5s}
 WARMUP=${WARMUP:-2s}
@@ -40,7 +53,16 @@ ADMIN_PORT=${ADMIN_PORT:-18481}
 NGINX_PORT=${NGINX_PORT:-18482}
 VARNISH_PORT=${VARNISH_PORT:-18483}
 BROKER_PORT=${BROKER_PORT:-19094}
-OUT=${OUT:-$root/loadtest/results/compare-$(date +%Y%m%d-%H%M%S)}
+if [ "$MODE" = events ]; then
+  OUT=${OUT:-$root/loadtest/results/compare-events-$(date +%Y%m%d-%H%M%S)}
+  TARGET_PATH=/v1/events
+  # shellcheck disable=SC2206
+  LT_MODE=(--protocol events --hasty --batch 1 ${EVENT_FLAGS:-})
+else
+  OUT=${OUT:-$root/loadtest/results/compare-$(date +%Y%m%d-%H%M%S)}
+  TARGET_PATH=/beacon/event
+  LT_MODE=()
+fi
 mkdir -p "$OUT"
 log() { printf 'compare: %s\n' "$*" >&2; }
 
@@ -97,6 +119,16 @@ pin_pid 1 "$BROKER_PID" || true
 TOPIC=compare-$(date +%s)
 BEACOND_BROKER_PORT=$BROKER_PORT scripts/dev-broker create-topic "$TOPIC" 3 >/dev/null
 log "broker $BROKERS, topic $TOPIC"
+KAFKA_TOPIC_FLAGS=(--kafka-topic "$TOPIC")
+if [ "$MODE" = events ]; then
+  # The events' topics are their streams' names (shared by runs: the reader
+  # starts at their end offsets and knows its run's ids).
+  for t in eventlogging_NavigationTiming eventlogging_SearchSatisfaction test.event \
+    product_metrics.web_base beacond.error.validation; do
+    BEACOND_BROKER_PORT=$BROKER_PORT scripts/dev-broker create-topic "$t" 3 >/dev/null 2>&1 || true
+  done
+  KAFKA_TOPIC_FLAGS=()
+fi
 
 # 3. servers
 mkdir -p "$OUT/nginx/logs"
@@ -118,6 +150,8 @@ http {
   server {
     listen 127.0.0.1:$NGINX_PORT;
     location / { return 204; }
+    # The events intake's answer without the work: the body is read and dropped.
+    location = /v1/events { return 204; }
   }
 }
 CONF
@@ -128,7 +162,9 @@ wait_http "$NGINX_PORT" /beacon/event
 log "nginx on 127.0.0.1:$NGINX_PORT"
 
 VARNISH=""
-if command -v varnishd >/dev/null; then
+if [ "$MODE" = events ]; then
+  log "events mode: no Varnish baseline"
+elif command -v varnishd >/dev/null; then
   mkdir -p "$OUT/varnish"
   cat >"$OUT/varnish/beacon.vcl" <<'VCL'
 vcl 4.1;
@@ -171,6 +207,13 @@ hostname = "loadtest-host"
 brokers = "$BROKERS"
 topic = "$TOPIC"
 CONF
+if [ "$MODE" = events ]; then
+  cat >>"$OUT/beacond.toml" <<CONF
+[events]
+stream_config = "$root/config/dev-streams.yaml"
+schema_repositories = ["$root/tests/fixtures/event-schemas/primary/jsonschema", "$root/tests/fixtures/event-schemas/secondary/jsonschema"]
+CONF
+fi
 "${SERVER_CPU[@]}" "$BEACOND" --config "$OUT/beacond.toml" >"$OUT/beacond.log" 2>&1 &
 BEACOND_PID=$!
 pids+=($!)
@@ -204,9 +247,9 @@ run() { # name baseline-port rate baseline-pid [loadtest flags]
   local name=$1 port=$2 rate=$3 bpid=$4 b0 s0 c0
   shift 4
   b0=$(cpu_s "$BEACOND_PID"); s0=$(cpu_s "$bpid"); k0=$(cpu_s "$BROKER_PID"); c0=$(core_ticks 1)
-  "${LOAD_CPU[@]}" "$LOADTEST" --target "http://127.0.0.1:$BEACON_PORT/beacon/event" \
-    --baseline "http://127.0.0.1:$port/beacon/event" --rate "$rate" --duration "$DURATION" --round "$ROUND" \
-    --warmup "$WARMUP" --connections "$CONNECTIONS" --kafka-brokers "$BROKERS" --kafka-topic "$TOPIC" \
+  "${LOAD_CPU[@]}" "$LOADTEST" --target "http://127.0.0.1:$BEACON_PORT$TARGET_PATH" \
+    --baseline "http://127.0.0.1:$port$TARGET_PATH" --rate "$rate" --duration "$DURATION" --round "$ROUND" \
+    --warmup "$WARMUP" --connections "$CONNECTIONS" --kafka-brokers "$BROKERS" "${KAFKA_TOPIC_FLAGS[@]}" "${LT_MODE[@]}" \
     --kafka-drain-timeout 120s --report-json "$OUT/$name.json" --plot "$OUT/$name.svg" "$@" | tee "$OUT/$name.txt"
   # Each server was loaded for DURATION + WARMUP of the run (alternating rounds).
   python3 - "$OUT/$name.cpu.json" "$b0" "$(cpu_s "$BEACOND_PID")" "$s0" "$(cpu_s "$bpid")" "$c0" "$(core_ticks 1)" \
@@ -252,9 +295,11 @@ if [ -n "$VARNISH" ]; then
 fi
 
 # 7. summary
-python3 - "$OUT" "$HALF" "${baselines[@]}" <<'PY' | tee "$OUT/summary.md"
+python3 - "$OUT" "$HALF" "$MODE" "${baselines[@]}" <<'PY' | tee "$OUT/summary.md"
 import json, sys
-out, half, baselines = sys.argv[1], sys.argv[2], sys.argv[3:]
+out, half, mode, baselines = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+if mode == "events":
+    print("Mode: events: hasty single-event POST /v1/events?hasty=true (one realistic event of a real schema per request, validated by beacond) vs nginx `return 204` for the same POST.\n")
 print("| baseline | beacond max 2xx/s | baseline max 2xx/s | max ratio | CPU at max, cores: beacond / baseline / loadtest | rate (50% of beacond max) | beacond p50 / p99 ms | baseline p50 / p99 ms | Kafka delivered / lost / duplicated |")
 print("|---|---|---|---|---|---|---|---|---|")
 for b in baselines:

@@ -63,6 +63,15 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// Which protocol the load speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// EventLogging beacons: `GET`/`POST <target>?<encoded capsule>;`.
+    Beacon,
+    /// Event Platform (EventGate): `POST <target>` with JSON events in the body.
+    Events,
+}
+
 fn parse_proxy(s: &str) -> Result<(String, String), String> {
     let (l, u) = s.split_once('=').ok_or_else(|| {
         format!("{s:?}: expected LISTEN=UPSTREAM, e.g. 127.0.0.1:29092=127.0.0.1:29093")
@@ -99,10 +108,28 @@ pub struct Args {
     /// Keep-alive connections per endpoint. Default 32.
     #[arg(long)]
     pub connections: Option<usize>,
-    /// Kafka bootstrap servers to verify delivery (needs --kafka-topic).
-    #[arg(long, requires = "kafka_topic")]
+    /// `beacon` (EventLogging beacons) or `events` (`POST /v1/events`, JSON events of real schemas).
+    #[arg(long, value_enum, default_value_t = Protocol::Beacon)]
+    pub protocol: Protocol,
+    /// Events: events per request: `1` (one JSON object, as mw.eventLog.submit sends), `N` (arrays of N) or `A-B` (arrays of A to B, as Metrics Platform sends).
+    #[arg(long, value_parser = crate::events::Batch::parse, default_value = "1")]
+    pub batch: crate::events::Batch,
+    /// Events: post with `?hasty=true` (202 before validation).
+    #[arg(long)]
+    pub hasty: bool,
+    /// Events: fraction of requests sent as `application/json` (fetch); the rest `text/plain;charset=UTF-8` (sendBeacon).
+    #[arg(long, value_parser = parse_fraction, default_value = "0")]
+    pub json_fraction: f64,
+    /// Events: the collector's error topic (invalid events are expected there).
+    #[arg(long, default_value = crate::events::DEFAULT_ERROR_TOPIC)]
+    pub error_topic: String,
+    /// Events: the collector's `events.topic_prefix` (topic = prefix + stream name).
+    #[arg(long, default_value = "")]
+    pub topic_prefix: String,
+    /// Kafka bootstrap servers to verify delivery (beacons: needs --kafka-topic; events: reads every stream's topic and the error topic).
+    #[arg(long)]
     pub kafka_brokers: Option<String>,
-    /// The collector's topic.
+    /// The collector's topic (beacons only).
     #[arg(long, requires = "kafka_brokers")]
     pub kafka_topic: Option<String>,
     /// After the load, how long to wait for acknowledged beacons to show up in Kafka. Default 60s.
@@ -136,7 +163,7 @@ pub struct Args {
     /// Run a TCP proxy in front of the broker: LISTEN=UPSTREAM (scenarios can cut it).
     #[arg(long, value_parser = parse_proxy)]
     pub broker_proxy: Option<(String, String)>,
-    /// Fraction of invalid beacons (bad JSON, bad encoding, oversize...).
+    /// Fraction of invalid beacons (bad JSON, bad encoding, oversize...); with events, of events that break their schema.
     #[arg(long, value_parser = parse_fraction)]
     pub invalid_fraction: Option<f64>,
     /// Fraction sent as sendBeacon POSTs; the rest are image GETs.
@@ -163,6 +190,34 @@ pub struct Args {
     /// Exit 3 when an acknowledged beacon is missing from Kafka (or arrived twice).
     #[arg(long)]
     pub fail_on_loss: bool,
+}
+
+impl Args {
+    /// A flag combination clap cannot express, if any.
+    pub fn conflict(&self) -> Option<&'static str> {
+        match self.protocol {
+            Protocol::Beacon if self.kafka_brokers.is_some() && self.kafka_topic.is_none() => {
+                Some("--kafka-brokers needs --kafka-topic with --protocol beacon")
+            }
+            Protocol::Events if self.kafka_topic.is_some() => Some(
+                "--kafka-topic is for beacons; with --protocol events the topics are the streams' (--topic-prefix) and --error-topic",
+            ),
+            Protocol::Events if self.post_fraction.is_some() => Some(
+                "--post-fraction is for beacons; events are always POSTed (see --json-fraction)",
+            ),
+            _ => None,
+        }
+    }
+
+    /// Exits 2, like any bad flag, on a [`Args::conflict`].
+    pub fn check(&self) {
+        use clap::CommandFactory;
+        if let Some(msg) = self.conflict() {
+            Args::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, msg)
+                .exit()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -227,9 +282,38 @@ mod tests {
             a.broker_proxy,
             Some(("127.0.0.1:1".into(), "127.0.0.1:2".into()))
         );
-        assert!(
-            Args::try_parse_from(["loadtest", "--target", "x", "--kafka-brokers", "b"]).is_err()
-        );
+        let conflict = |v: &[&str]| {
+            let mut all = vec!["loadtest", "--target", "x"];
+            all.extend_from_slice(v);
+            Args::try_parse_from(all).unwrap().conflict()
+        };
+        assert!(conflict(&["--kafka-brokers", "b"]).is_some());
+        assert!(conflict(&["--kafka-brokers", "b", "--protocol", "events"]).is_none());
+        assert!(conflict(&[
+            "--protocol",
+            "events",
+            "--kafka-brokers",
+            "b",
+            "--kafka-topic",
+            "t"
+        ])
+        .is_some());
+        let e = Args::try_parse_from([
+            "loadtest",
+            "--target",
+            "x",
+            "--protocol",
+            "events",
+            "--batch",
+            "1-20",
+            "--hasty",
+            "--json-fraction",
+            "0.5",
+        ])
+        .unwrap();
+        assert_eq!(e.batch, crate::events::Batch::Array { min: 1, max: 20 });
+        assert!(e.hasty && e.protocol == Protocol::Events);
+        assert!(Args::try_parse_from(["loadtest", "--target", "x", "--batch", "0"]).is_err());
         assert!(
             Args::try_parse_from(["loadtest", "--target", "x", "--invalid-fraction", "2"]).is_err()
         );

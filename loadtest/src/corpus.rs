@@ -171,7 +171,7 @@ pub const USER_AGENTS: &[&str] = &[
     "WikipediaApp/7.5.1 (Android 12; Phone) Default Channel",
 ];
 
-const TEXTS: &[&str] = &[
+pub(crate) const TEXTS: &[&str] = &[
     "Main Page",
     "Zürich café «guillemets» naïve façade",
     "東京都 — 日本の首都",
@@ -184,7 +184,7 @@ const TEXTS: &[&str] = &[
     "हिन्दी देवनागरी",
 ];
 
-fn token(r: &mut Rng, len: usize) -> String {
+pub(crate) fn token(r: &mut Rng, len: usize) -> String {
     const ALPHA: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     (0..len)
         .map(|_| ALPHA[r.below(ALPHA.len())] as char)
@@ -377,6 +377,29 @@ impl Choice {
     }
 }
 
+/// The user agent (an index into [`USER_AGENTS`]), the `X-Forwarded-For`
+/// value, and the client IP a collector trusting us as a proxy must record
+/// (the right-most entry): drawn the same way for beacons and events.
+pub(crate) fn pick_client(r: &mut Rng) -> (usize, String, IpAddr) {
+    let user_agent = r.below(USER_AGENTS.len());
+    let a = r.below(250) + 1;
+    let b = r.below(250) + 1;
+    let (a, b) = (a as u8, b as u8);
+    let v4 = |x, y, z, w| IpAddr::V4(Ipv4Addr::new(x, y, z, w));
+    let (xff, client_ip) = match r.below(10) {
+        0..=2 => (format!("203.0.113.{a}"), v4(203, 0, 113, a)),
+        3..=5 => (format!("198.51.100.{a}"), v4(198, 51, 100, a)),
+        6 | 7 => (format!("192.0.2.{a}, 203.0.113.{b}"), v4(203, 0, 113, b)),
+        8 => {
+            let last = r.below(0xffff) as u16 + 1;
+            let ip = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last);
+            (ip.to_string(), IpAddr::V6(ip))
+        }
+        _ => (format!("2001:db8::1, 198.51.100.{b}"), v4(198, 51, 100, b)),
+    };
+    (user_agent, xff, client_ip)
+}
+
 pub struct Corpus {
     pub cfg: CorpusConfig,
     pub templates: Vec<Template>,
@@ -417,22 +440,7 @@ impl Corpus {
         let t = r.below(self.templates.len());
         let inv = r.below(INVALID_KINDS.len());
         let post = r.next_f64() < self.cfg.post_fraction;
-        let user_agent = r.below(USER_AGENTS.len());
-        let a = r.below(250) + 1;
-        let b = r.below(250) + 1;
-        let (a, b) = (a as u8, b as u8);
-        let v4 = |x, y, z, w| IpAddr::V4(Ipv4Addr::new(x, y, z, w));
-        let (xff, client_ip) = match r.below(10) {
-            0..=2 => (format!("203.0.113.{a}"), v4(203, 0, 113, a)),
-            3..=5 => (format!("198.51.100.{a}"), v4(198, 51, 100, a)),
-            6 | 7 => (format!("192.0.2.{a}, 203.0.113.{b}"), v4(203, 0, 113, b)),
-            8 => {
-                let last = r.below(0xffff) as u16 + 1;
-                let ip = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last);
-                (ip.to_string(), IpAddr::V6(ip))
-            }
-            _ => (format!("2001:db8::1, 198.51.100.{b}"), v4(198, 51, 100, b)),
-        };
+        let (user_agent, xff, client_ip) = pick_client(&mut r);
         Choice {
             post,
             kind: if valid {

@@ -13,6 +13,7 @@
 //! deadline and a request cap, and every request has a timeout.
 
 use crate::corpus::{beacon_id, Corpus};
+use crate::events::{event_key, run_hex, EventCorpus};
 use crate::http::{Conn, Target, TransportError};
 use crate::schedule::Schedule;
 use crate::stats::{Outcome, Recorder};
@@ -32,6 +33,10 @@ pub struct RunCtx {
     pub origin_unix_us: i64,
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    /// Events mode: the event traffic (beacons otherwise).
+    pub events: Option<Arc<EventCorpus>>,
+    /// The run in event ids.
+    pub run_hex: String,
 }
 
 impl RunCtx {
@@ -43,12 +48,20 @@ impl RunCtx {
             .unwrap_or(0);
         RunCtx {
             corpus,
-            run_id,
             origin,
             origin_unix_us,
             timeout,
             connect_timeout: timeout.min(Duration::from_secs(3)),
+            events: None,
+            run_hex: run_hex(&run_id),
+            run_id,
         }
+    }
+
+    /// Sends events (`POST`, JSON body) instead of beacons.
+    pub fn with_events(mut self, events: Arc<EventCorpus>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     pub fn unix_us(&self, t: Instant) -> i64 {
@@ -316,6 +329,7 @@ async fn run_closed(
 struct Worker {
     conn: Option<Conn>,
     buf: Vec<u8>,
+    body: Vec<u8>,
 }
 
 impl Worker {
@@ -323,6 +337,7 @@ impl Worker {
         Worker {
             conn,
             buf: Vec::with_capacity(4096),
+            body: Vec::new(),
         }
     }
 
@@ -335,16 +350,41 @@ impl Worker {
         sched: Instant,
         rec: &Mutex<Recorder>,
     ) {
-        let choice = ctx.corpus.choose(n);
-        let id = beacon_id(&ctx.run_id, round.tag, n);
         self.buf.clear();
-        ctx.corpus.write_request(
-            &mut self.buf,
-            &round.target.host,
-            &round.target.path,
-            &id,
-            &choice,
-        );
+        // What is sent: (valid, POST, for events the choice and the status EventGate gives).
+        let (valid, post, events) = match &ctx.events {
+            None => {
+                let choice = ctx.corpus.choose(n);
+                let id = beacon_id(&ctx.run_id, round.tag, n);
+                ctx.corpus.write_request(
+                    &mut self.buf,
+                    &round.target.host,
+                    &round.target.path,
+                    &id,
+                    &choice,
+                );
+                (choice.valid(), choice.post, None)
+            }
+            Some(ev) => {
+                let choice = ev.choose(n);
+                ev.write_request(
+                    &mut self.buf,
+                    &mut self.body,
+                    &round.target.host,
+                    &round.target.path,
+                    &ctx.run_hex,
+                    round.tag,
+                    n,
+                    &choice,
+                );
+                let status = ev.expected_status(&choice);
+                (
+                    (200..300).contains(&status),
+                    true,
+                    Some((ev, choice, status)),
+                )
+            }
+        };
         let mut retries = 0;
         let mut sent_at = Instant::now();
         let result = loop {
@@ -391,8 +431,8 @@ impl Worker {
         };
         let done = Instant::now();
         let outcome = Outcome {
-            valid: choice.valid(),
-            post: choice.post,
+            valid,
+            post,
             send_delay: sent_at.saturating_duration_since(sched),
             service: done.saturating_duration_since(sent_at),
             result,
@@ -401,11 +441,39 @@ impl Worker {
         let mut r = rec.lock().expect("recorder");
         r.retries += retries;
         r.record(&outcome);
-        if round.expect && choice.valid() && matches!(result, Ok(s) if (200..300).contains(&s)) {
-            r.expected.push(Expected {
-                n,
-                sched_unix_us: ctx.unix_us(sched),
-            });
+        let ok = matches!(result, Ok(s) if (200..300).contains(&s));
+        let sched_unix_us = ctx.unix_us(sched);
+        match events {
+            None => {
+                if round.expect && valid && ok {
+                    r.expected.push(Expected { n, sched_unix_us });
+                }
+            }
+            Some((ev, choice, status)) => {
+                r.events_sent += choice.events.len() as u64;
+                let invalid = choice.events.iter().filter(|&&t| !ev.valid(t)).count();
+                r.invalid_events_sent += invalid as u64;
+                if matches!(result, Ok(s) if s != status && s != 503) {
+                    r.unexpected_status += 1;
+                }
+                // Processed: valid events are on their way to their streams'
+                // topics, invalid ones to the error topic (a 400 says all
+                // were invalid; they are still written as error events).
+                let processed = ok || (status == 400 && result == Ok(400));
+                if round.expect && processed {
+                    for (j, &t) in choice.events.iter().enumerate() {
+                        let e = Expected {
+                            n: event_key(n, j),
+                            sched_unix_us,
+                        };
+                        if ev.valid(t) {
+                            r.expected.push(e);
+                        } else {
+                            r.expected_errors.push(e);
+                        }
+                    }
+                }
+            }
         }
     }
 }

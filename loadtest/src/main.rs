@@ -5,6 +5,7 @@ use loadtest::cli::Args;
 
 fn main() {
     let args = Args::parse();
+    args.check();
     let threads = args
         .threads
         .unwrap_or_else(|| {

@@ -6,7 +6,7 @@
 
 use crate::kafka::ReaderCounts;
 use crate::slow::SlowReport;
-use crate::stats::{EndpointSummary, LatencySummary, Recorder};
+use crate::stats::{EndpointSummary, IntakeSummary, LatencySummary, Recorder};
 use crate::verify::Matched;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -17,6 +17,12 @@ pub struct Report {
     pub version: &'static str,
     pub run_id: String,
     pub target: String,
+    /// "beacon" or "events".
+    pub protocol: &'static str,
+    /// Events: events per request ("1": one object; "[N]" or "[A-B]": arrays).
+    pub batch: Option<String>,
+    /// Events: posted with `?hasty=true`.
+    pub hasty: bool,
     /// "rate" (open loop) or "max" (closed loop).
     pub mode: &'static str,
     /// Requests per second asked for (first phase for scenarios); null with `max`.
@@ -44,8 +50,12 @@ pub struct KafkaReport {
     pub brokers: String,
     pub topic: String,
     pub partitions: usize,
+    /// Beacons, or valid events (on their streams' topics).
     #[serde(flatten)]
     pub matched: Matched,
+    /// Events: the deliberately invalid events, expected on the error topic
+    /// when their request was answered 2xx (or 400: all invalid).
+    pub error_events: Option<Matched>,
     pub reader: ReaderCounts,
     pub sample_parse_error: Option<String>,
     /// Acknowledged beacons first read from Kafka, per second of the run.
@@ -180,6 +190,14 @@ pub fn table(r: &Report) -> String {
         None => vec![("target", &r.summary)],
     };
     let _ = writeln!(out, "  target   {}", r.target);
+    if r.protocol == "events" {
+        let _ = writeln!(
+            out,
+            "  events   per request {}{}",
+            r.batch.as_deref().unwrap_or("1"),
+            if r.hasty { ", hasty" } else { "" }
+        );
+    }
     if let Some(b) = &r.baseline {
         let _ = writeln!(out, "  baseline {}", b.target);
     }
@@ -209,6 +227,22 @@ pub fn table(r: &Report) -> String {
         format!("{}/{}", s.invalid_sent, s.invalid_accepted)
     });
     row("valid rejected (4xx)", &|s| s.valid_rejected.to_string());
+    if r.protocol == "events" {
+        let intake = |s: &EndpointSummary, f: &dyn Fn(&IntakeSummary) -> String| {
+            s.intake.as_ref().map_or_else(|| "-".to_string(), f)
+        };
+        row("events sent/invalid", &|s| {
+            intake(s, &|i| {
+                format!("{}/{}", i.events_sent, i.invalid_events_sent)
+            })
+        });
+        row("events/s", &|s| {
+            intake(s, &|i| format!("{:.1}", i.event_rate))
+        });
+        row("unexpected status", &|s| {
+            intake(s, &|i| i.unexpected_status.to_string())
+        });
+    }
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let w1 = rows
         .iter()
@@ -264,6 +298,22 @@ pub fn table(r: &Report) -> String {
             k.reader.drain_s,
             if k.reader.complete { "" } else { " (TIMED OUT)" }
         );
+        if let Some(e) = &k.error_events {
+            let _ = writeln!(
+                out,
+                "  kafka error topic: invalid events expected {}, delivered {}, LOST {}, duplicated {}, changed {}; \
+                 events read {}, error events read {}, misrouted {}, raw_event cut {}",
+                e.expected,
+                e.delivered,
+                e.lost,
+                e.duplicated,
+                e.corrupted,
+                k.reader.events,
+                k.reader.error_events,
+                k.reader.misrouted,
+                k.reader.raw_event_cut
+            );
+        }
         let _ = writeln!(
             out,
             "  kafka messages read {} (varnishkafka {}, json {}), other runs {}, unparsable {}, unacknowledged but delivered {}",
@@ -321,6 +371,9 @@ mod tests {
             version: "0",
             run_id: "r".into(),
             target: "http://127.0.0.1:1/b".into(),
+            protocol: "beacon",
+            batch: None,
+            hasty: false,
             mode: "rate",
             rate: Some(100.0),
             duration_s: 1.0,
@@ -336,6 +389,7 @@ mod tests {
                 topic: "t".into(),
                 partitions: 1,
                 matched: crate::verify::match_ids(&[], &Default::default()),
+                error_events: None,
                 reader: ReaderCounts::default(),
                 sample_parse_error: None,
                 timeline: vec![],

@@ -1,10 +1,11 @@
 //! The orchestration of one `loadtest` invocation: validate, probe, warm up,
 //! measure (rounds, events, slow clients), drain Kafka, report.
 
-use crate::cli::{Args, RateArg};
+use crate::cli::{Args, Protocol, RateArg};
 use crate::corpus::{beacon_id, Corpus, CorpusConfig};
+use crate::events::{EventCorpus, EventsConfig};
 use crate::http::{Conn, Target};
-use crate::kafka::{KafkaOptions, KafkaWatch};
+use crate::kafka::{Checker, KafkaOptions, KafkaWatch};
 use crate::load::{empty_pool, run_round, Pace, Pool, Round, RunCtx};
 use crate::proxy::BrokerProxy;
 use crate::report::{self, EventRecord, KafkaReport, Report};
@@ -154,6 +155,7 @@ fn default_run_id() -> String {
 async fn probe(
     target: &Target,
     corpus: &Corpus,
+    events: Option<&EventCorpus>,
     run_id: &str,
     timeout: Duration,
     wait: Duration,
@@ -168,13 +170,31 @@ async fn probe(
             .find(|c| c.valid())
             .unwrap_or_else(|| corpus.choose(0));
         let mut req = Vec::new();
-        corpus.write_request(
-            &mut req,
-            &target.host,
-            &target.path,
-            &beacon_id(run_id, "p", attempt),
-            &c,
-        );
+        match events {
+            None => corpus.write_request(
+                &mut req,
+                &target.host,
+                &target.path,
+                &beacon_id(run_id, "p", attempt),
+                &c,
+            ),
+            Some(ev) => {
+                // A request of valid events only, if the mix has one.
+                let n = (0..10_000)
+                    .find(|&n| ev.choose(n).events.iter().all(|&t| ev.valid(t)))
+                    .unwrap_or(0);
+                ev.write_request(
+                    &mut req,
+                    &mut Vec::new(),
+                    &target.host,
+                    &target.path,
+                    &crate::events::run_hex(run_id),
+                    "p",
+                    n,
+                    &ev.choose(n),
+                );
+            }
+        }
         let res = async {
             let mut conn = Conn::connect(target.addr, timeout.min(Duration::from_secs(3)))
                 .await
@@ -189,7 +209,15 @@ async fn probe(
         }
         .await;
         match res {
-            Ok(404) => bail!("{} answered 404 to a beacon: wrong path?", target.url),
+            Ok(404) => bail!(
+                "{} answered 404 to a {}: wrong path?",
+                target.url,
+                if events.is_some() {
+                    "POST of events"
+                } else {
+                    "beacon"
+                }
+            ),
             Ok(s) => return Ok(s),
             Err(e) if Instant::now() >= deadline => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -229,6 +257,22 @@ pub async fn run(args: Args) -> anyhow::Result<(Report, i32)> {
             .unwrap_or(CorpusConfig::default().post_fraction),
         ..CorpusConfig::default()
     }));
+    let events = (args.protocol == Protocol::Events).then(|| {
+        Arc::new(EventCorpus::new(EventsConfig {
+            seed: args.seed,
+            invalid_fraction: plan.invalid_fraction,
+            batch: args.batch,
+            json_fraction: args.json_fraction,
+            hasty: args.hasty,
+        }))
+    });
+    let new_ctx = || {
+        let ctx = RunCtx::new(Arc::clone(&corpus), run_id.clone(), args.timeout);
+        match &events {
+            Some(ev) => ctx.with_events(Arc::clone(ev)),
+            None => ctx,
+        }
+    };
 
     let proxy = match &plan.proxy {
         Some((listen, upstream)) => {
@@ -242,19 +286,37 @@ pub async fn run(args: Args) -> anyhow::Result<(Report, i32)> {
         bail!("the scenario cuts the broker but no broker proxy is configured");
     }
 
-    let kafka = match (&args.kafka_brokers, &args.kafka_topic) {
-        (Some(brokers), Some(topic)) => {
+    // Beacons: the one topic. Events: every stream's topic and the error topic.
+    let topics: Vec<String> = match (&events, &args.kafka_topic) {
+        (Some(ev), _) => ev
+            .streams()
+            .into_iter()
+            .map(|s| format!("{}{s}", args.topic_prefix))
+            .chain(std::iter::once(args.error_topic.clone()))
+            .collect(),
+        (None, Some(t)) => vec![t.clone()],
+        (None, None) => vec![],
+    };
+    let kafka = match &args.kafka_brokers {
+        Some(brokers) if !topics.is_empty() => {
             let opts = KafkaOptions {
                 brokers: brokers.clone(),
-                topic: topic.clone(),
+                topics: topics.clone(),
+                error_topic: events.as_ref().map(|_| args.error_topic.clone()),
                 connect_timeout: Duration::from_secs(10),
                 from_beginning: args.kafka_from_beginning,
                 read_after: args.kafka_read_after,
             };
-            let (c, id) = (Arc::clone(&corpus), run_id.clone());
-            let w = tokio::task::spawn_blocking(move || KafkaWatch::start(&opts, c, &id)).await??;
+            let checker = match &events {
+                Some(ev) => Checker::Events(Arc::clone(ev)),
+                None => Checker::Beacons(Arc::clone(&corpus)),
+            };
+            let id = run_id.clone();
+            let w = tokio::task::spawn_blocking(move || KafkaWatch::start(&opts, checker, &id))
+                .await??;
             eprintln!(
-                "loadtest: reading {topic} ({} partitions) from {brokers}",
+                "loadtest: reading {} ({} partitions) from {brokers}",
+                topics.join(", "),
                 w.partitions
             );
             Some(w)
@@ -262,10 +324,26 @@ pub async fn run(args: Args) -> anyhow::Result<(Report, i32)> {
         _ => None,
     };
 
-    let status = probe(&target, &corpus, &run_id, args.timeout, args.wait_target).await?;
+    let status = probe(
+        &target,
+        &corpus,
+        events.as_deref(),
+        &run_id,
+        args.timeout,
+        args.wait_target,
+    )
+    .await?;
     eprintln!("loadtest: target {} answers {status}", target.url);
     if let Some(b) = &baseline {
-        let status = probe(b, &corpus, &run_id, args.timeout, args.wait_target).await?;
+        let status = probe(
+            b,
+            &corpus,
+            events.as_deref(),
+            &run_id,
+            args.timeout,
+            args.wait_target,
+        )
+        .await?;
         eprintln!("loadtest: baseline {} answers {status}", b.url);
     }
 
@@ -274,11 +352,7 @@ pub async fn run(args: Args) -> anyhow::Result<(Report, i32)> {
     // Warm-up: unmeasured, ids tagged "w".
     if !plan.warmup.is_zero() {
         eprintln!("loadtest: warming up for {:?}", plan.warmup);
-        let warm_ctx = Arc::new(RunCtx::new(
-            Arc::clone(&corpus),
-            run_id.clone(),
-            args.timeout,
-        ));
+        let warm_ctx = Arc::new(new_ctx());
         let warm_phases = [Phase {
             duration: plan.warmup,
             rate: plan.phases[0].rate,
@@ -299,11 +373,7 @@ pub async fn run(args: Args) -> anyhow::Result<(Report, i32)> {
         }
     }
 
-    let ctx = Arc::new(RunCtx::new(
-        Arc::clone(&corpus),
-        run_id.clone(),
-        args.timeout,
-    ));
+    let ctx = Arc::new(new_ctx());
     let events_log = Arc::new(Mutex::new(Vec::<EventRecord>::new()));
     let mut event_tasks = Vec::new();
     if let Some(p) = &proxy {
@@ -428,9 +498,12 @@ pub async fn run(args: Args) -> anyhow::Result<(Report, i32)> {
                 rec_t.expected.len()
             );
             let expected = rec_t.expected.clone();
+            let expected_errors = rec_t.expected_errors.clone();
             let (drain, linger) = (plan.drain, args.kafka_linger);
-            let outcome =
-                tokio::task::spawn_blocking(move || w.finish(&expected, drain, linger)).await?;
+            let outcome = tokio::task::spawn_blocking(move || {
+                w.finish(&expected, &expected_errors, drain, linger)
+            })
+            .await?;
             // Arrival times say nothing when the topic was read after the load.
             let mut per_second = std::collections::BTreeMap::<u64, u64>::new();
             for e in rec_t.expected.iter().filter(|_| !args.kafka_read_after) {
@@ -442,9 +515,12 @@ pub async fn run(args: Args) -> anyhow::Result<(Report, i32)> {
             }
             Some(KafkaReport {
                 brokers: args.kafka_brokers.clone().unwrap_or_default(),
-                topic: args.kafka_topic.clone().unwrap_or_default(),
+                topic: topics.join(","),
                 partitions,
                 matched: crate::verify::match_ids(&rec_t.expected, &outcome.observed),
+                error_events: events.as_ref().map(|_| {
+                    crate::verify::match_ids(&rec_t.expected_errors, &outcome.observed_errors)
+                }),
                 reader: outcome.counts,
                 sample_parse_error: outcome.sample_error,
                 timeline: per_second
@@ -460,14 +536,24 @@ pub async fn run(args: Args) -> anyhow::Result<(Report, i32)> {
         report::baseline_report(&b.url, &summary, rec_b.summary())
     });
     timeline.sort_by_key(|p| (p.t, p.endpoint));
-    let mut events = std::mem::take(&mut *events_log.lock().expect("events"));
-    events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+    let mut scenario_events = std::mem::take(&mut *events_log.lock().expect("events"));
+    scenario_events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
 
     let report = Report {
         tool: "loadtest",
         version: env!("CARGO_PKG_VERSION"),
         run_id,
         target: target.url.clone(),
+        protocol: match args.protocol {
+            Protocol::Beacon => "beacon",
+            Protocol::Events => "events",
+        },
+        batch: events.as_ref().map(|_| match args.batch {
+            crate::events::Batch::Single => "1".to_string(),
+            crate::events::Batch::Array { min, max } if min == max => format!("[{min}]"),
+            crate::events::Batch::Array { min, max } => format!("[{min}-{max}]"),
+        }),
+        hasty: events.is_some() && args.hasty,
         mode: match plan.mode {
             RateArg::Max => "max",
             RateArg::PerSecond(_) => "rate",
@@ -487,13 +573,16 @@ pub async fn run(args: Args) -> anyhow::Result<(Report, i32)> {
         kafka: kafka_report,
         baseline: baseline_report,
         slow_clients: slow_report,
-        events,
+        events: scenario_events,
         timeline,
     };
-    let lossy = report
-        .kafka
-        .as_ref()
-        .is_some_and(|k| k.matched.lost > 0 || k.matched.duplicated > 0);
+    let lossy = report.kafka.as_ref().is_some_and(|k| {
+        let errors_lossy = k
+            .error_events
+            .as_ref()
+            .is_some_and(|e| e.lost > 0 || e.duplicated > 0);
+        k.matched.lost > 0 || k.matched.duplicated > 0 || errors_lossy
+    });
     Ok((
         report,
         if args.fail_on_loss && lossy {

@@ -99,6 +99,14 @@ pub struct Recorder {
     pub get: u64,
     pub post: u64,
     pub expected: Vec<Expected>,
+    /// Events: deliberately invalid events expected on the error topic.
+    pub expected_errors: Vec<Expected>,
+    /// Events: events sent (a request carries one or more), how many were
+    /// deliberately invalid, and answers other than the one EventGate gives
+    /// (201/207/400, or 202 hasty; 503 is not counted: it is a refusal).
+    pub events_sent: u64,
+    pub invalid_events_sent: u64,
+    pub unexpected_status: u64,
     pub timeline: BTreeMap<u64, Second>,
     /// Wall time under load (sum of rounds).
     pub active: Duration,
@@ -123,6 +131,10 @@ impl Default for Recorder {
             get: 0,
             post: 0,
             expected: Vec::new(),
+            expected_errors: Vec::new(),
+            events_sent: 0,
+            invalid_events_sent: 0,
+            unexpected_status: 0,
             timeline: BTreeMap::new(),
             active: Duration::ZERO,
         }
@@ -215,6 +227,10 @@ impl Recorder {
         self.get += other.get;
         self.post += other.post;
         self.expected.extend(other.expected);
+        self.expected_errors.extend(other.expected_errors);
+        self.events_sent += other.events_sent;
+        self.invalid_events_sent += other.invalid_events_sent;
+        self.unexpected_status += other.unexpected_status;
         for (k, s) in other.timeline {
             let mine = self.timeline.entry(k).or_default();
             mine.completed += s.completed;
@@ -277,8 +293,28 @@ impl Recorder {
             ]
             .into_iter()
             .collect(),
+            intake: (self.events_sent > 0).then(|| IntakeSummary {
+                events_sent: self.events_sent,
+                invalid_events_sent: self.invalid_events_sent,
+                events_per_request: self.events_sent as f64 / self.sent.max(1) as f64,
+                unexpected_status: self.unexpected_status,
+                event_rate: per_s(self.events_sent),
+            }),
         }
     }
+}
+
+/// Events mode: per-event figures of an endpoint.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct IntakeSummary {
+    pub events_sent: u64,
+    pub invalid_events_sent: u64,
+    pub events_per_request: f64,
+    /// Answers other than EventGate's for the request (201 all valid, 207
+    /// mixed, 400 all invalid, 202 hasty); 503 and transport errors excluded.
+    pub unexpected_status: u64,
+    /// Events sent per second of load.
+    pub event_rate: f64,
 }
 
 /// The per-endpoint figures of the JSON report (names are a contract).
@@ -305,6 +341,9 @@ pub struct EndpointSummary {
     pub valid_rejected: u64,
     pub invalid_accepted: u64,
     pub methods: BTreeMap<String, u64>,
+    /// Events mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intake: Option<IntakeSummary>,
 }
 
 #[cfg(test)]
