@@ -27,6 +27,7 @@ pub mod meta;
 pub mod metrics;
 pub mod proxy_protocol;
 pub mod rate_limit;
+pub mod schema_repository;
 pub mod service;
 pub mod sink;
 pub mod spool;
