@@ -31,5 +31,6 @@ pub mod schema_repository;
 pub mod service;
 pub mod sink;
 pub mod spool;
+pub mod stream_config;
 #[doc(hidden)]
 pub mod testing;
