@@ -18,6 +18,8 @@
 pub mod admin;
 pub mod client_ip;
 pub mod config;
+#[cfg(test)]
+pub(crate) mod crosscheck;
 pub mod decode;
 pub mod filter;
 pub mod format;
@@ -34,3 +36,4 @@ pub mod spool;
 pub mod stream_config;
 #[doc(hidden)]
 pub mod testing;
+pub mod validation;
