@@ -18,6 +18,8 @@
 pub mod admin;
 pub mod client_ip;
 pub mod config;
+#[cfg(test)]
+pub(crate) mod crosscheck;
 pub mod decode;
 pub mod filter;
 pub mod format;
@@ -27,8 +29,11 @@ pub mod meta;
 pub mod metrics;
 pub mod proxy_protocol;
 pub mod rate_limit;
+pub mod schema_repository;
 pub mod service;
 pub mod sink;
 pub mod spool;
+pub mod stream_config;
 #[doc(hidden)]
 pub mod testing;
+pub mod validation;
