@@ -18,7 +18,7 @@ use beacond::format::OutputFormat;
 use beacond::intake::{Intake, Outcome};
 use beacond::meta::{BeaconMeta, ReceiveTime};
 use beacond::metrics::Metrics;
-use beacond::sink::{BeaconSink, EnqueueError, Enqueued};
+use beacond::sink::{EnqueueError, Enqueued, MessageSink, OutboundMessage};
 use beacond::testing::encode_uri_component;
 
 /// (name, raw query) for the three sizes.
@@ -41,9 +41,9 @@ fn beacons() -> Vec<(&'static str, String)> {
 
 struct DiscardSink;
 
-impl BeaconSink for DiscardSink {
-    fn enqueue(&self, line: &[u8], _key: Option<&[u8]>) -> Result<Enqueued, EnqueueError> {
-        black_box(line);
+impl MessageSink for DiscardSink {
+    fn enqueue(&self, message: &OutboundMessage<'_>) -> Result<Enqueued, EnqueueError> {
+        black_box(message.payload);
         Ok(Enqueued::Queued)
     }
     fn report_rejection(&self, record: &[u8]) {

@@ -32,7 +32,7 @@ use crate::format::{write_error_record, OutputFormat};
 use crate::meta::{BeaconMeta, ReceiveTime, SequenceCounter};
 use crate::metrics::Metrics;
 use crate::rate_limit::ClientRateLimiter;
-use crate::sink::{BeaconSink, EnqueueError, Enqueued};
+use crate::sink::{EnqueueError, Enqueued, MessageSink, OutboundMessage};
 use crate::spool::{AppendReply, SpoolError};
 
 /// What became of a beacon.
@@ -101,7 +101,7 @@ const ALLOWED_METHODS: &str = "GET, HEAD, POST";
 /// How long a request waits for the spool to confirm a write.
 const SPOOL_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
-impl<S: BeaconSink> Intake<S> {
+impl<S: MessageSink> Intake<S> {
     /// Builds the endpoint from a config whose hostname is resolved.
     pub fn new(config: &Config, sink: Arc<S>, metrics: Arc<Metrics>) -> Self {
         let http = &config.http;
@@ -322,7 +322,10 @@ impl<S: BeaconSink> Intake<S> {
             Partitioning::Random => None,
             Partitioning::ClientIp => Some(ip_text(meta.client_ip, &mut key_buf)),
         };
-        match self.sink.enqueue(&scratch.line, key) {
+        match self
+            .sink
+            .enqueue(&OutboundMessage::beacon(&scratch.line, key))
+        {
             Ok(Enqueued::Queued) => {
                 self.metrics.accepted.inc();
                 Outcome::Accepted

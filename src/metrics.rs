@@ -34,6 +34,10 @@ pub enum TopicRole {
     Main,
     /// `kafka.error_topic`: records of rejected beacons.
     Error,
+    /// A stream's topic: valid events.
+    Event,
+    /// The error stream's topic: error events for invalid ones.
+    EventError,
 }
 
 impl EncodeLabelValue for TopicRole {
@@ -41,6 +45,8 @@ impl EncodeLabelValue for TopicRole {
         encoder.write_str(match self {
             TopicRole::Main => "main",
             TopicRole::Error => "error",
+            TopicRole::Event => "event",
+            TopicRole::EventError => "event_error",
         })
     }
 }
@@ -189,6 +195,8 @@ pub struct Metrics {
     refused: Vec<(&'static str, Counter)>,
     pub main_topic: TopicCounters,
     pub error_topic: TopicCounters,
+    pub event_topic: TopicCounters,
+    pub event_error_topic: TopicCounters,
     /// Messages in the producer's queue or in flight to the broker.
     pub producer_queue_depth: Gauge,
     /// 1 while the last metadata probe reached the broker and found the topic.
@@ -298,6 +306,8 @@ impl Metrics {
         };
         let main_topic = counters(TopicRole::Main);
         let error_topic = counters(TopicRole::Error);
+        let event_topic = counters(TopicRole::Event);
+        let event_error_topic = counters(TopicRole::EventError);
 
         let producer_queue_depth = Gauge::default();
         registry.register(
@@ -344,6 +354,8 @@ impl Metrics {
             refused,
             main_topic,
             error_topic,
+            event_topic,
+            event_error_topic,
             producer_queue_depth,
             broker_reachable,
             connections_accepted,
@@ -387,6 +399,8 @@ impl Metrics {
         match role {
             TopicRole::Main => &self.main_topic,
             TopicRole::Error => &self.error_topic,
+            TopicRole::Event => &self.event_topic,
+            TopicRole::EventError => &self.event_error_topic,
         }
     }
 
@@ -543,6 +557,14 @@ mod tests {
             text.contains("beacond_kafka_delivered_total{topic=\"main\"} 1"),
             "{text}"
         );
+        for role in ["main", "error", "event", "event_error"] {
+            assert!(
+                text.contains(&format!(
+                    "beacond_kafka_produced_total{{topic=\"{role}\"}} 0"
+                )),
+                "{text}"
+            );
+        }
         assert!(text.ends_with("# EOF\n"));
     }
 }
