@@ -165,6 +165,10 @@ pub enum TopicRole {
     Main,
     /// `kafka.error_topic`: records of rejected beacons.
     Error,
+    /// A stream's topic: valid events.
+    Event,
+    /// The error stream's topic: error events for invalid ones.
+    EventError,
 }
 
 impl EncodeLabelValue for TopicRole {
@@ -172,6 +176,8 @@ impl EncodeLabelValue for TopicRole {
         encoder.write_str(match self {
             TopicRole::Main => "main",
             TopicRole::Error => "error",
+            TopicRole::Event => "event",
+            TopicRole::EventError => "event_error",
         })
     }
 }
@@ -319,6 +325,8 @@ pub struct Metrics {
     pub accepted: Counter,
     pub main_topic: TopicCounters,
     pub error_topic: TopicCounters,
+    pub event_topic: TopicCounters,
+    pub event_error_topic: TopicCounters,
     /// Messages in the producer's queue or in flight to the broker.
     pub producer_queue_depth: Gauge,
     /// 1 while the last metadata probe reached the broker and found the topic.
@@ -393,6 +401,8 @@ impl Metrics {
         };
         let main_topic = counters(TopicRole::Main);
         let error_topic = counters(TopicRole::Error);
+        let event_topic = counters(TopicRole::Event);
+        let event_error_topic = counters(TopicRole::EventError);
 
         let producer_queue_depth = Gauge::default();
         registry.register(
@@ -437,6 +447,8 @@ impl Metrics {
             accepted,
             main_topic,
             error_topic,
+            event_topic,
+            event_error_topic,
             producer_queue_depth,
             broker_reachable,
             connections_accepted,
@@ -500,6 +512,8 @@ impl Metrics {
         match role {
             TopicRole::Main => &self.main_topic,
             TopicRole::Error => &self.error_topic,
+            TopicRole::Event => &self.event_topic,
+            TopicRole::EventError => &self.event_error_topic,
         }
     }
 
@@ -609,6 +623,14 @@ mod tests {
         }
         assert_eq!(text.matches("# TYPE beacond_colors counter").count(), 1);
         assert_eq!(colors.get(Color::Dark), 2);
+        for role in ["main", "error", "event", "event_error"] {
+            assert!(
+                text.contains(&format!(
+                    "beacond_kafka_produced_total{{topic=\"{role}\"}} 0"
+                )),
+                "{text}"
+            );
+        }
         assert!(text.ends_with("# EOF\n"));
         assert!(check_label_set::<Color>().is_ok());
     }

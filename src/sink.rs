@@ -1,19 +1,22 @@
-//! Sinks: where formatted lines go once a beacon is accepted.
+//! Sinks: where formatted messages go once a beacon or event is accepted.
 //!
-//! Owns the [`BeaconSink`] seam between the request path and the outside
+//! Owns the [`MessageSink`] seam between the request path and the outside
 //! world, and its Kafka implementation: one librdkafka producer (with its own
-//! polling thread) shared by every connection, the routing between producer
-//! and disk spool (`spool.mode`), delivery reports (counted per topic; a
-//! retriable failure goes to the spool, a permanent one to the error topic),
-//! a readiness probe, and the final flush.
+//! polling thread) shared by every connection and both protocols, the routing
+//! between producer and disk spool (`spool.mode`), delivery reports (counted
+//! per topic role; a retriable failure goes to the spool, a permanent one to
+//! the error topic), a readiness probe, the view of which topics the cluster
+//! has, and the final flush.
 //!
-//! Must never: block the request path ([`BeaconSink::enqueue`] copies the line
-//! into librdkafka's queue, or hands it to the spool's thread, or fails at
-//! once), or drop a producer without flushing it (dropping purges its queue;
+//! Must never: block the request path ([`MessageSink::enqueue`] copies the
+//! message into librdkafka's queue, or hands it to the spool's thread, or
+//! fails at once; [`MessageSink::topic_exists`] reads a view the probe thread
+//! keeps), or drop a producer without flushing it (dropping purges its queue;
 //! [`KafkaSink::flush_and_spool`] collects what is left).
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::client::ClientContext;
@@ -22,19 +25,47 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
 };
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::Message;
 
 use crate::config::Config;
 use crate::metrics::{Metrics, TopicRole};
-use crate::spool::segment::SpoolRecord;
+use crate::spool::segment::{check_record, SpoolRecord};
+pub use crate::spool::segment::{Destination, RecordError};
 use crate::spool::{
     AppendReply, Dispatch, DispatchError, RecordLocation, SpoolError, SpoolHandle, SpoolMode,
+    MAX_RECORD_OFFSET, MAX_SEGMENT_ID,
 };
 
-/// Longest message key: the text of an IP address.
+/// Longest message key a beacon has: the text of an IP address.
 pub const MAX_KEY_BYTES: usize = 45;
 
-/// Why a line was not taken. The request is answered 503; nothing was sent.
+/// How often the probe thread fetches the whole cluster's topic list.
+pub const TOPIC_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// A lookup of a topic the view lacks asks for an early refresh, at most this often.
+pub const TOPIC_REFRESH_MIN_GAP: Duration = Duration::from_secs(1);
+
+/// One message for Kafka: where it goes, its key, its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboundMessage<'a> {
+    pub destination: Destination<'a>,
+    /// Partitioning key; `None`: random partition.
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+}
+
+impl<'a> OutboundMessage<'a> {
+    /// A beacon's line, for `kafka.topic`.
+    pub fn beacon(payload: &'a [u8], key: Option<&'a [u8]>) -> Self {
+        OutboundMessage {
+            destination: Destination::Beacons,
+            key,
+            payload,
+        }
+    }
+}
+
+/// Why a message was not taken. Nothing was sent; a beacon is answered 503.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnqueueError {
     #[error("producer queue is full")]
@@ -43,31 +74,16 @@ pub enum EnqueueError {
     Refused(String),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// The cluster has no such topic (as of the last metadata refresh):
+    /// accepting it would only lose it later. Not worth retrying.
+    #[error("the topic does not exist in the Kafka cluster")]
+    UnknownTopic,
+    /// The topic name or key does not fit (a bug or a bad stream config).
+    #[error(transparent)]
+    Invalid(#[from] RecordError),
 }
 
-impl EnqueueError {
-    /// Every reason, for pre-registering metrics.
-    pub const REASONS: [&'static str; 5] = [
-        "producer_queue_full",
-        "producer_error",
-        "spool_full",
-        "spool_busy",
-        "spool_error",
-    ];
-
-    /// Stable snake_case name: the `reason` of `beacond_beacons_refused_total`.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            EnqueueError::QueueFull => "producer_queue_full",
-            EnqueueError::Refused(_) => "producer_error",
-            EnqueueError::Spool(SpoolError::Full) => "spool_full",
-            EnqueueError::Spool(SpoolError::Busy) => "spool_busy",
-            EnqueueError::Spool(_) => "spool_error",
-        }
-    }
-}
-
-/// Where an accepted line went.
+/// Where an accepted message went.
 #[derive(Debug)]
 pub enum Enqueued {
     /// In the producer's queue.
@@ -76,27 +92,30 @@ pub enum Enqueued {
     Spooling(AppendReply),
 }
 
-/// A message for Kafka.
-#[derive(Debug, Clone, Copy)]
-pub struct OutboundMessage<'a> {
-    pub key: Option<&'a [u8]>,
-    pub payload: &'a [u8],
-}
-
-impl<'a> OutboundMessage<'a> {
-    /// An accepted beacon's line, for `kafka.topic`.
-    pub fn beacon(payload: &'a [u8], key: Option<&'a [u8]>) -> Self {
-        Self { key, payload }
-    }
-}
-
-/// Takes formatted messages off the request path.
+/// Takes messages off the request path.
 pub trait MessageSink: Send + Sync + 'static {
     /// Hands an accepted message over; returns at once.
     fn enqueue(&self, message: &OutboundMessage<'_>) -> Result<Enqueued, EnqueueError>;
-    /// Hands a rejected beacon's record over, best effort (counted when it
-    /// cannot be taken; never fails the request, which is already a 4xx).
+    /// Hands a rejected beacon's record over for `kafka.error_topic`, best
+    /// effort (counted when it cannot be taken; never fails the request,
+    /// which is already a 4xx).
     fn report_rejection(&self, record: &[u8]);
+    /// Whether the cluster has `topic`, from a view refreshed off the request
+    /// path; never blocks. `None` while not known (the broker has not
+    /// answered since start-up): accept, and let the spool hold it.
+    fn topic_exists(&self, topic: &str) -> Option<bool> {
+        let _ = topic;
+        None
+    }
+}
+
+/// The metric role of a destination.
+pub fn role_of(destination: &Destination<'_>) -> TopicRole {
+    match destination {
+        Destination::Beacons => TopicRole::Main,
+        Destination::Event { .. } => TopicRole::Event,
+        Destination::EventError { .. } => TopicRole::EventError,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,13 +124,21 @@ pub enum SinkError {
     Create(#[source] KafkaError),
 }
 
-/// The Kafka sink: a librdkafka producer for the main and error topics.
+/// The Kafka sink: a librdkafka producer for every topic.
 pub struct KafkaSink {
     producer: ThreadedProducer<DeliveryCounter>,
+    /// `kafka.topic`, where [`Destination::Beacons`] go.
     topic: String,
     error_topic: Option<String>,
+    /// The topics readiness needs (probed every second).
+    readiness_topics: Vec<String>,
     metrics: Arc<Metrics>,
     broker_reachable: AtomicBool,
+    /// The cluster's topics as of the last full metadata answer; `None`
+    /// before the first. Bounded by the cluster's topic count.
+    known_topics: RwLock<Option<HashSet<String>>>,
+    /// A lookup missed: the probe thread refreshes early.
+    refresh_wanted: AtomicBool,
     spool: Option<SpoolHandle>,
     /// Spooled records in flight at most, so live traffic keeps room.
     dispatch_limit: usize,
@@ -121,35 +148,96 @@ impl std::fmt::Debug for KafkaSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaSink")
             .field("topic", &self.topic)
+            .field("readiness_topics", &self.readiness_topics)
             .finish_non_exhaustive()
     }
 }
 
-/// Opaque tag carried with each message to its delivery report: a live line,
-/// an error record, or a spooled record (flag bit, segment id, offset).
-const TAG_MAIN: usize = 0;
-const TAG_ERROR: usize = 1;
+// The delivery tag: librdkafka's opaque `usize`, carried with each message to
+// its delivery report (no allocation per message). 64 bits:
+//
+//   bit 63      spooled flag
+//   bits 61-62  topic role: 0 main, 1 error, 2 event, 3 event_error
+//   bits 31-60  spooled: segment id (30 bits, at most MAX_SEGMENT_ID)
+//   bits 0-30   spooled: record offset (31 bits, at most MAX_RECORD_OFFSET)
+//
+// A live message's tag is its role alone. The spool keeps segment ids and
+// offsets within these bounds (see `spool::MAX_SEGMENT_ID`).
+const _: () = assert!(usize::BITS == 64, "the delivery tag needs a 64-bit usize");
 const TAG_SPOOLED: usize = 1 << 63;
+const ROLE_SHIFT: u32 = 61;
+const SEGMENT_SHIFT: u32 = 31;
+const _: () = assert!(MAX_RECORD_OFFSET == (1 << SEGMENT_SHIFT) - 1);
+const _: () = assert!(MAX_SEGMENT_ID == (1 << (ROLE_SHIFT - SEGMENT_SHIFT)) - 1);
 
-fn spooled_tag(at: RecordLocation) -> usize {
-    TAG_SPOOLED | ((at.segment as usize & 0x7fff_ffff) << 32) | (at.offset as usize & 0xffff_ffff)
+fn role_bits(role: TopicRole) -> usize {
+    match role {
+        TopicRole::Main => 0,
+        TopicRole::Error => 1,
+        TopicRole::Event => 2,
+        TopicRole::EventError => 3,
+    }
+}
+
+fn tag_role(tag: usize) -> TopicRole {
+    match (tag >> ROLE_SHIFT) & 0b11 {
+        0 => TopicRole::Main,
+        1 => TopicRole::Error,
+        2 => TopicRole::Event,
+        _ => TopicRole::EventError,
+    }
+}
+
+fn live_tag(role: TopicRole) -> usize {
+    role_bits(role) << ROLE_SHIFT
+}
+
+/// `None` when the location is out of the tag's range (the spool prevents it).
+fn spooled_tag(role: TopicRole, at: RecordLocation) -> Option<usize> {
+    if at.segment > MAX_SEGMENT_ID || at.offset > MAX_RECORD_OFFSET {
+        return None;
+    }
+    Some(
+        TAG_SPOOLED
+            | role_bits(role) << ROLE_SHIFT
+            | (at.segment as usize) << SEGMENT_SHIFT
+            | at.offset as usize,
+    )
 }
 
 fn spooled_location(tag: usize) -> Option<RecordLocation> {
     (tag & TAG_SPOOLED != 0).then_some(RecordLocation {
-        segment: ((tag >> 32) & 0x7fff_ffff) as u64,
-        offset: (tag & 0xffff_ffff) as u64,
+        segment: ((tag >> SEGMENT_SHIFT) as u64) & MAX_SEGMENT_ID,
+        offset: tag as u64 & MAX_RECORD_OFFSET,
     })
 }
 
 impl KafkaSink {
-    /// Creates the producer. With a spool, failed deliveries go to it and it
-    /// is fed from here (start it with this sink as its [`Dispatch`]).
+    /// Creates the producer; readiness probes `kafka.topic`. With a spool,
+    /// failed deliveries go to it and it is fed from here (start it with
+    /// this sink as its [`Dispatch`]).
     pub fn new(
         config: &Config,
         metrics: Arc<Metrics>,
         spool: Option<SpoolHandle>,
     ) -> Result<Arc<Self>, SinkError> {
+        Self::with_readiness_topics(config, metrics, spool, Vec::new())
+    }
+
+    /// As [`KafkaSink::new`], with readiness probing every topic of
+    /// `readiness_topics` (e.g. `kafka.topic` and the event error topic;
+    /// empty: `kafka.topic`).
+    pub fn with_readiness_topics(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        spool: Option<SpoolHandle>,
+        mut readiness_topics: Vec<String>,
+    ) -> Result<Arc<Self>, SinkError> {
+        if readiness_topics.is_empty() {
+            readiness_topics.push(config.kafka.topic.clone());
+        }
+        let mut seen = HashSet::new();
+        readiness_topics.retain(|t| seen.insert(t.clone()));
         let producer: ThreadedProducer<DeliveryCounter> = producer_config(config)
             .create_with_context(DeliveryCounter::new(metrics.clone(), spool.clone()))
             .map_err(SinkError::Create)?;
@@ -162,8 +250,11 @@ impl KafkaSink {
             producer,
             topic: config.kafka.topic.clone(),
             error_topic: config.kafka.error_topic.clone(),
+            readiness_topics,
             metrics,
             broker_reachable: AtomicBool::new(false),
+            known_topics: RwLock::new(None),
+            refresh_wanted: AtomicBool::new(false),
             spool,
             dispatch_limit: (queue_max / 2).max(1),
         });
@@ -181,9 +272,15 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// True while the last probe reached the broker and found the topic.
+    /// True while the last probe reached the broker and found every
+    /// readiness topic.
     pub fn broker_reachable(&self) -> bool {
         self.broker_reachable.load(Ordering::Relaxed)
+    }
+
+    /// The topics readiness probes.
+    pub fn readiness_topics(&self) -> &[String] {
+        &self.readiness_topics
     }
 
     /// The spool, when there is one.
@@ -196,25 +293,20 @@ impl KafkaSink {
         self.producer.in_flight_count().max(0) as usize
     }
 
-    /// Asks the broker for the topic's metadata. Blocking: call off the
-    /// request path (the probe thread does).
+    /// Asks the broker for each readiness topic's metadata. Blocking: call
+    /// off the request path (the probe thread does).
     pub fn probe(&self, timeout: Duration) -> bool {
-        let ok = match self
-            .producer
-            .client()
-            .fetch_metadata(Some(&self.topic), timeout)
-        {
-            Ok(md) => md.topics().iter().any(|t| {
-                t.name() == self.topic && t.error().is_none() && !t.partitions().is_empty()
-            }),
-            Err(_) => false,
-        };
+        let ok = self
+            .readiness_topics
+            .iter()
+            .all(|topic| self.probe_topic(topic, timeout));
         let was = self.broker_reachable.swap(ok, Ordering::Relaxed);
         if was != ok {
+            let topics = self.readiness_topics.join(",");
             if ok {
-                tracing::info!(topic = %self.topic, "broker reachable, topic found");
+                tracing::info!(%topics, "broker reachable, topics found");
             } else {
-                tracing::warn!(topic = %self.topic, "broker unreachable or topic missing");
+                tracing::warn!(%topics, "broker unreachable or a topic missing");
             }
         }
         self.metrics.broker_reachable.set(ok as i64);
@@ -224,8 +316,50 @@ impl KafkaSink {
         ok
     }
 
-    /// Runs [`KafkaSink::probe`] every `interval` on its own thread until
-    /// `stop` is set.
+    fn probe_topic(&self, topic: &str, timeout: Duration) -> bool {
+        match self.producer.client().fetch_metadata(Some(topic), timeout) {
+            Ok(md) => md
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()),
+            Err(_) => false,
+        }
+    }
+
+    /// Fetches the whole cluster's topic list and replaces the view
+    /// [`MessageSink::topic_exists`] reads. Blocking: call off the request
+    /// path (the probe thread does). On failure the old view stays.
+    pub fn refresh_topics(&self, timeout: Duration) -> bool {
+        let md = match self.producer.client().fetch_metadata(None, timeout) {
+            Ok(md) => md,
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster metadata refresh failed; keeping the last topic list");
+                return false;
+            }
+        };
+        let names: HashSet<String> = md
+            .topics()
+            .iter()
+            .filter(|t| t.error() != Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART))
+            .map(|t| t.name().to_owned())
+            .collect();
+        let old = {
+            let mut view = self
+                .known_topics
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            view.replace(names)
+        };
+        // The old set is freed outside the lock.
+        drop(old);
+        true
+    }
+
+    /// Runs [`KafkaSink::probe`] every `interval` and
+    /// [`KafkaSink::refresh_topics`] every [`TOPIC_REFRESH_INTERVAL`] (every
+    /// `interval` until it first succeeds or after a failure, and early,
+    /// at most every [`TOPIC_REFRESH_MIN_GAP`], when a lookup missed) on its
+    /// own thread until `stop` is set.
     pub fn spawn_probe(
         self: &Arc<Self>,
         interval: Duration,
@@ -235,13 +369,38 @@ impl KafkaSink {
         std::thread::Builder::new()
             .name("kafka-probe".into())
             .spawn(move || {
+                let timeout = interval.max(Duration::from_millis(500)) * 2;
+                let mut last_refresh: Option<(Instant, bool)> = None;
+                let refresh_due = |last: Option<(Instant, bool)>, sink: &KafkaSink| match last {
+                    None => true,
+                    Some((at, ok)) => {
+                        let since = at.elapsed();
+                        since >= TOPIC_REFRESH_INTERVAL
+                            || (!ok && since >= interval)
+                            || (since >= TOPIC_REFRESH_MIN_GAP
+                                && sink.refresh_wanted.load(Ordering::Relaxed))
+                    }
+                };
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
-                    sink.probe(interval.max(Duration::from_millis(500)) * 2);
+                    // The topic list first: at start-up the spool replays
+                    // only once the probe below says ready, by then the
+                    // view is known.
+                    if refresh_due(last_refresh, &sink) {
+                        sink.refresh_wanted.store(false, Ordering::Relaxed);
+                        let ok = sink.refresh_topics(timeout);
+                        last_refresh = Some((Instant::now(), ok));
+                    }
+                    sink.probe(timeout);
                     let rest = interval.saturating_sub(started.elapsed());
-                    // Sleep in small steps so shutdown is not held up.
+                    // Sleep in small steps so shutdown (and a wanted
+                    // refresh) is not held up.
                     let until = Instant::now() + rest;
-                    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    while Instant::now() < until
+                        && !stop.load(Ordering::Relaxed)
+                        && !(sink.refresh_wanted.load(Ordering::Relaxed)
+                            && refresh_due(last_refresh, &sink))
+                    {
                         std::thread::sleep(Duration::from_millis(50).min(rest));
                     }
                 }
@@ -250,7 +409,7 @@ impl KafkaSink {
 
     /// Shutdown: waits up to `timeout` for every queued message to be
     /// delivered; then purges what is left, whose failed delivery reports put
-    /// live lines into the spool (spooled records stay in their segments).
+    /// live messages into the spool (spooled records stay in their segments).
     /// Blocking. Returns how many messages were still in the producer at the
     /// end (without a spool, those are lost).
     pub fn flush_and_spool(&self, timeout: Duration) -> usize {
@@ -282,16 +441,21 @@ impl KafkaSink {
         }
     }
 
-    fn spool_line(
+    /// The topic a destination names (beacons: `kafka.topic`).
+    fn topic_of<'a>(&'a self, destination: &Destination<'a>) -> &'a str {
+        destination.topic().unwrap_or(&self.topic)
+    }
+
+    fn spool_message(
         &self,
         spool: &SpoolHandle,
-        line: &[u8],
-        key: Option<&[u8]>,
+        message: &OutboundMessage<'_>,
     ) -> Result<Enqueued, EnqueueError> {
         let record = SpoolRecord {
             appended_unix_ms: now_unix_ms(),
-            key,
-            line,
+            destination: message.destination,
+            key: message.key,
+            payload: message.payload,
         };
         Ok(Enqueued::Spooling(spool.append(&record)?))
     }
@@ -300,19 +464,15 @@ impl KafkaSink {
         &self,
         topic: &str,
         tag: usize,
-        line: &[u8],
+        payload: &[u8],
         key: Option<&[u8]>,
     ) -> Result<(), EnqueueError> {
-        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, tag).payload(line);
+        let mut record =
+            BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, tag).payload(payload);
         if let Some(key) = key {
             record = record.key(key);
         }
-        let role = if tag == TAG_ERROR {
-            TopicRole::Error
-        } else {
-            TopicRole::Main
-        };
-        let counters = self.metrics.topic(role);
+        let counters = self.metrics.topic(tag_role(tag));
         match self.producer.send(record) {
             Ok(()) => {
                 counters.produced.inc();
@@ -333,19 +493,31 @@ impl KafkaSink {
 
 impl MessageSink for KafkaSink {
     fn enqueue(&self, message: &OutboundMessage<'_>) -> Result<Enqueued, EnqueueError> {
-        let (line, key) = (message.payload, message.key);
+        let role = role_of(&message.destination);
+        if let Err(e) = check_record(&message.destination, message.key) {
+            self.metrics.topic(role).enqueue_failed.inc();
+            return Err(e.into());
+        }
+        if let Some(topic) = message.destination.topic() {
+            if self.topic_exists(topic) == Some(false) {
+                self.metrics.topic(role).enqueue_failed.inc();
+                return Err(EnqueueError::UnknownTopic);
+            }
+        }
+        let topic = self.topic_of(&message.destination);
+        let tag = live_tag(role);
         let Some(spool) = &self.spool else {
             return self
-                .send(&self.topic, TAG_MAIN, line, key)
+                .send(topic, tag, message.payload, message.key)
                 .map(|()| Enqueued::Queued);
         };
         // Write-ahead, or keep order behind what is already spooled.
         if spool.mode() == SpoolMode::Always || spool.is_pending() {
-            return self.spool_line(spool, line, key);
+            return self.spool_message(spool, message);
         }
-        match self.send(&self.topic, TAG_MAIN, line, key) {
+        match self.send(topic, tag, message.payload, message.key) {
             Ok(()) => Ok(Enqueued::Queued),
-            Err(EnqueueError::QueueFull) => self.spool_line(spool, line, key),
+            Err(EnqueueError::QueueFull) => self.spool_message(spool, message),
             Err(e) => Err(e),
         }
     }
@@ -353,8 +525,22 @@ impl MessageSink for KafkaSink {
     fn report_rejection(&self, record: &[u8]) {
         if let Some(topic) = &self.error_topic {
             // Counted in kafka_enqueue_failures{topic="error"} when refused.
-            let _ = self.send(topic, TAG_ERROR, record, None);
+            let _ = self.send(topic, live_tag(TopicRole::Error), record, None);
         }
+    }
+
+    fn topic_exists(&self, topic: &str) -> Option<bool> {
+        let known = self
+            .known_topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|names| names.contains(topic));
+        if known == Some(false) {
+            // Perhaps created since: the probe thread looks again soon.
+            self.refresh_wanted.store(true, Ordering::Relaxed);
+        }
+        known
     }
 }
 
@@ -364,25 +550,48 @@ impl Dispatch for KafkaSink {
     }
 
     fn dispatch(&self, record: &SpoolRecord<'_>, at: RecordLocation) -> Result<(), DispatchError> {
-        match self.send(&self.topic, spooled_tag(at), record.line, record.key) {
+        let role = role_of(&record.destination);
+        let topic = self.topic_of(&record.destination);
+        let context = self.producer.context();
+        let Some(tag) = spooled_tag(role, at) else {
+            // The spool keeps locations in range; this is a bug, not data.
+            tracing::error!(
+                segment = at.segment,
+                offset = at.offset,
+                "spool location out of the delivery tag's range; record sent to the error topic"
+            );
+            self.metrics.topic(role).delivery_failed.inc();
+            context.report_permanent(topic, record.payload, &"spool location out of range");
+            return Err(DispatchError::Permanent);
+        };
+        if record.destination.topic().is_some() && self.topic_exists(topic) == Some(false) {
+            // Deleted since it was spooled (or never existed, and spooled
+            // before the view was known): it would fail forever.
+            self.metrics.topic(role).delivery_failed.inc();
+            context.log_failure(
+                topic,
+                &"unknown topic",
+                "spooled message for a topic the cluster does not have; sent to the error topic",
+            );
+            context.report_permanent(topic, record.payload, &"topic does not exist");
+            return Err(DispatchError::Permanent);
+        }
+        match self.send(topic, tag, record.payload, record.key) {
             Ok(()) => Ok(()),
             Err(EnqueueError::QueueFull) => Err(DispatchError::Busy),
             Err(e) => {
                 // Refused outright (e.g. larger than a since-lowered
                 // message.max.bytes): it would block the spool forever.
-                tracing::error!(error = %e, "spooled line refused by the producer; sent to the error topic");
-                let error = KafkaError::MessageProduction(RDKafkaErrorCode::InvalidMessage);
-                self.producer
-                    .context()
-                    .report_permanent(record.line, &error);
+                tracing::error!(error = %e, "spooled message refused by the producer; sent to the error topic");
+                context.report_permanent(topic, record.payload, &e);
                 Err(DispatchError::Permanent)
             }
         }
     }
 }
 
-/// A delivery error that retrying will not fix: the line goes to the error
-/// topic instead of round the spool forever.
+/// A delivery error that retrying will not fix: the message goes to the
+/// error topic instead of round the spool forever.
 fn is_permanent(error: &KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
@@ -396,6 +605,15 @@ fn is_permanent(error: &KafkaError) -> bool {
                 | RDKafkaErrorCode::TopicAuthorizationFailed
                 | RDKafkaErrorCode::ClusterAuthorizationFailed
         )
+    )
+}
+
+/// The topic is missing (librdkafka reports this only after
+/// `topic.metadata.propagation.max.ms`, or the broker said so).
+fn is_unknown_topic(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
     )
 }
 
@@ -441,7 +659,7 @@ impl DeliveryCounter {
     }
 
     /// Logs a delivery failure at most once a second.
-    fn log_failure(&self, topic: &str, error: &KafkaError, what: &str) {
+    fn log_failure(&self, topic: &str, error: &dyn std::fmt::Display, what: &str) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -450,19 +668,40 @@ impl DeliveryCounter {
         }
     }
 
-    /// Writes a record of a permanently failed line to the error topic.
-    fn report_permanent(&self, line: &[u8], error: &KafkaError) {
-        let Some(sink) = self.sink.get().and_then(Weak::upgrade) else {
+    /// Writes a record of a permanently failed message to `kafka.error_topic`
+    /// (events too: an error event needs the validation module).
+    fn report_permanent(&self, topic: &str, payload: &[u8], error: &dyn std::fmt::Display) {
+        let Some(sink) = self.sink() else {
             return;
         };
         let record = serde_json::json!({
             "reason": "delivery_failed",
             "message": error.to_string(),
-            "line": String::from_utf8_lossy(line),
+            "topic": topic,
+            "line": String::from_utf8_lossy(payload),
         });
         if let Ok(bytes) = serde_json::to_vec(&record) {
             sink.report_rejection(&bytes);
         }
+    }
+}
+
+impl DeliveryCounter {
+    fn sink(&self) -> Option<Arc<KafkaSink>> {
+        self.sink.get().and_then(Weak::upgrade)
+    }
+
+    /// Whether a failure to deliver to `topic` is permanent: by its error,
+    /// or, for events, a missing topic the cluster's topic list confirms
+    /// (else librdkafka may just be ahead of a topic being created: retry).
+    fn permanent(&self, role: TopicRole, topic: &str, error: &KafkaError) -> bool {
+        if is_permanent(error) {
+            return true;
+        }
+        let event = matches!(role, TopicRole::Event | TopicRole::EventError);
+        event
+            && is_unknown_topic(error)
+            && self.sink().and_then(|s| s.topic_exists(topic)) == Some(false)
     }
 }
 
@@ -496,11 +735,7 @@ impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
-        let role = if tag == TAG_ERROR {
-            TopicRole::Error
-        } else {
-            TopicRole::Main
-        };
+        let role = tag_role(tag);
         let counters = self.metrics.topic(role);
         let (error, message) = match result {
             Ok(_) => {
@@ -512,21 +747,27 @@ impl ProducerContext for DeliveryCounter {
             }
             Err((error, message)) => (error, message),
         };
-        if tag == TAG_ERROR {
-            counters.delivery_failed.inc();
-            self.log_failure(message.topic(), error, "error-topic record not delivered");
-            return;
-        }
-        let line = message.payload().unwrap_or_default();
-        if is_permanent(error) {
+        let topic = message.topic();
+        let destination = match role {
+            TopicRole::Error => {
+                counters.delivery_failed.inc();
+                self.log_failure(topic, error, "error-topic record not delivered");
+                return;
+            }
+            TopicRole::Main => Destination::Beacons,
+            TopicRole::Event => Destination::Event { topic },
+            TopicRole::EventError => Destination::EventError { topic },
+        };
+        let payload = message.payload().unwrap_or_default();
+        if self.permanent(role, topic, error) {
             // Retrying cannot help: counted, reported, and (if spooled) dropped.
             counters.delivery_failed.inc();
             self.log_failure(
-                message.topic(),
+                topic,
                 error,
-                "permanent delivery failure; line sent to the error topic",
+                "permanent delivery failure; message sent to the error topic",
             );
-            self.report_permanent(line, error);
+            self.report_permanent(topic, payload, error);
             if let (Some(at), Some(spool)) = (spooled_location(tag), &self.spool) {
                 spool.failed(at, true);
             }
@@ -538,26 +779,23 @@ impl ProducerContext for DeliveryCounter {
             (None, Some(spool)) => {
                 let record = SpoolRecord {
                     appended_unix_ms: now_unix_ms(),
+                    destination,
                     key: message.key(),
-                    line,
+                    payload,
                 };
                 if spool.append_undelivered(&record).is_err() {
                     counters.delivery_failed.inc();
                     self.log_failure(
-                        message.topic(),
+                        topic,
                         error,
-                        "delivery failed and the spool is stopped; line lost",
+                        "delivery failed and the spool is stopped; message lost",
                     );
                 }
             }
             (_, None) => {
-                // ERROR: a beacon answered 204 did not reach Kafka.
+                // ERROR: a message answered 2xx did not reach Kafka.
                 counters.delivery_failed.inc();
-                self.log_failure(
-                    message.topic(),
-                    error,
-                    "delivery failed; line lost (no spool)",
-                );
+                self.log_failure(topic, error, "delivery failed; message lost (no spool)");
             }
         }
     }
@@ -567,29 +805,165 @@ impl ProducerContext for DeliveryCounter {
 mod tests {
     use super::*;
 
+    const ROLES: [TopicRole; 4] = [
+        TopicRole::Main,
+        TopicRole::Error,
+        TopicRole::Event,
+        TopicRole::EventError,
+    ];
+
     #[test]
-    fn spooled_tags_round_trip() {
-        for (segment, offset) in [(1, 16), (0x7fff_ffff, 0xffff_ffff), (42, 1 << 20)] {
-            let at = RecordLocation { segment, offset };
-            let tag = spooled_tag(at);
-            assert_ne!(tag, TAG_MAIN);
-            assert_ne!(tag, TAG_ERROR);
-            assert_eq!(spooled_location(tag), Some(at));
+    fn live_tags_carry_their_role() {
+        for role in ROLES {
+            let tag = live_tag(role);
+            assert_eq!(tag_role(tag), role);
+            assert_eq!(spooled_location(tag), None);
         }
-        assert_eq!(spooled_location(TAG_MAIN), None);
-        assert_eq!(spooled_location(TAG_ERROR), None);
+        assert_eq!(live_tag(TopicRole::Main), 0);
     }
 
     #[test]
-    fn refusal_reasons_are_listed() {
-        for e in [
-            EnqueueError::QueueFull,
-            EnqueueError::Refused("x".into()),
-            EnqueueError::Spool(SpoolError::Full),
-            EnqueueError::Spool(SpoolError::Busy),
-            EnqueueError::Spool(SpoolError::Closed),
-        ] {
-            assert!(EnqueueError::REASONS.contains(&e.reason()));
+    fn spooled_tags_round_trip() {
+        let locations = [
+            (1, 16),
+            (42, 1 << 20),
+            (MAX_SEGMENT_ID, MAX_RECORD_OFFSET),
+            (MAX_SEGMENT_ID, 16),
+            (1, MAX_RECORD_OFFSET),
+            // The largest offset spool.segment_bytes (1 GiB at most) allows.
+            (
+                7,
+                (1 << 30) + u64::from(crate::spool::segment::MAX_BODY_LEN),
+            ),
+        ];
+        for (segment, offset) in locations {
+            for role in ROLES {
+                let at = RecordLocation { segment, offset };
+                let tag = spooled_tag(role, at).expect("in range");
+                assert_eq!(tag_role(tag), role);
+                assert_eq!(spooled_location(tag), Some(at));
+                for other in ROLES {
+                    assert_ne!(tag, live_tag(other));
+                }
+            }
         }
+    }
+
+    #[test]
+    fn spooled_tags_refuse_locations_out_of_range() {
+        for (segment, offset) in [
+            (MAX_SEGMENT_ID + 1, 16),
+            (1, MAX_RECORD_OFFSET + 1),
+            (u64::MAX, u64::MAX),
+        ] {
+            let at = RecordLocation { segment, offset };
+            assert_eq!(spooled_tag(TopicRole::Event, at), None);
+        }
+    }
+
+    #[test]
+    fn destinations_map_to_roles() {
+        assert_eq!(role_of(&Destination::Beacons), TopicRole::Main);
+        assert_eq!(
+            role_of(&Destination::Event { topic: "t" }),
+            TopicRole::Event
+        );
+        assert_eq!(
+            role_of(&Destination::EventError { topic: "t" }),
+            TopicRole::EventError
+        );
+    }
+
+    #[test]
+    fn unknown_topic_errors_are_recognised() {
+        for code in [
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::UnknownTopic,
+        ] {
+            let e = KafkaError::MessageProduction(code);
+            assert!(is_unknown_topic(&e));
+            assert!(
+                !is_permanent(&e),
+                "permanent only once the topic list agrees"
+            );
+        }
+        assert!(!is_unknown_topic(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut
+        )));
+    }
+
+    /// A sink whose broker does not exist: nothing here connects.
+    fn offline_sink() -> Arc<KafkaSink> {
+        let mut config = Config::default();
+        config.kafka.brokers = "127.0.0.1:9".into();
+        config.kafka.topic = "beacons".into();
+        KafkaSink::with_readiness_topics(
+            &config,
+            Arc::new(Metrics::new()),
+            None,
+            vec!["beacons".into(), "errors".into(), "beacons".into()],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn topic_view_is_unknown_until_refreshed_then_exact() {
+        let sink = offline_sink();
+        assert_eq!(sink.readiness_topics(), ["beacons", "errors"]);
+        assert_eq!(sink.topic_exists("anything"), None);
+        assert!(!sink.refresh_wanted.load(Ordering::Relaxed));
+        *sink.known_topics.write().unwrap() = Some(HashSet::from(["ev.a".to_string()]));
+        assert_eq!(sink.topic_exists("ev.a"), Some(true));
+        assert!(!sink.refresh_wanted.load(Ordering::Relaxed));
+        assert_eq!(sink.topic_exists("ev.b"), Some(false));
+        assert!(
+            sink.refresh_wanted.load(Ordering::Relaxed),
+            "a miss asks for a refresh"
+        );
+        // A failed refresh (no broker) keeps the view.
+        assert!(!sink.refresh_topics(Duration::from_millis(100)));
+        assert_eq!(sink.topic_exists("ev.a"), Some(true));
+    }
+
+    #[test]
+    fn enqueue_refuses_unknown_topics_and_bad_messages_without_sending() {
+        let sink = offline_sink();
+        *sink.known_topics.write().unwrap() = Some(HashSet::from(["ev.a".to_string()]));
+        let send = |destination, key: Option<&'static [u8]>| {
+            sink.enqueue(&OutboundMessage {
+                destination,
+                key,
+                payload: b"{}",
+            })
+        };
+        assert!(matches!(
+            send(Destination::Event { topic: "ev.b" }, None),
+            Err(EnqueueError::UnknownTopic)
+        ));
+        let long = "t".repeat(250);
+        assert!(matches!(
+            send(
+                Destination::EventError {
+                    topic: Box::leak(long.into_boxed_str())
+                },
+                None
+            ),
+            Err(EnqueueError::Invalid(RecordError::TopicLength(250)))
+        ));
+        assert!(matches!(
+            send(Destination::Event { topic: "ev.a" }, Some(b"k")),
+            Ok(Enqueued::Queued)
+        ));
+        assert!(matches!(
+            send(Destination::Beacons, None),
+            Ok(Enqueued::Queued)
+        ));
+        let m = &sink.metrics;
+        assert_eq!(m.topic(TopicRole::Event).produced.get(), 1);
+        assert_eq!(m.topic(TopicRole::Event).enqueue_failed.get(), 1);
+        assert_eq!(m.topic(TopicRole::EventError).enqueue_failed.get(), 1);
+        assert_eq!(m.topic(TopicRole::Main).produced.get(), 1);
+        // Purge so dropping the producer does not wait.
+        sink.producer.purge(PurgeConfig::default().queue());
     }
 }

@@ -224,6 +224,8 @@ pub enum RefusalReason {
     SpoolFull,
     SpoolBusy,
     SpoolError,
+    UnknownTopic,
+    InvalidMessage,
 }
 
 impl LabelSet for RefusalReason {
@@ -234,6 +236,8 @@ impl LabelSet for RefusalReason {
         RefusalReason::SpoolFull,
         RefusalReason::SpoolBusy,
         RefusalReason::SpoolError,
+        RefusalReason::UnknownTopic,
+        RefusalReason::InvalidMessage,
     ];
     fn as_str(self) -> &'static str {
         match self {
@@ -242,6 +246,8 @@ impl LabelSet for RefusalReason {
             RefusalReason::SpoolFull => "spool_full",
             RefusalReason::SpoolBusy => "spool_busy",
             RefusalReason::SpoolError => "spool_error",
+            RefusalReason::UnknownTopic => "unknown_topic",
+            RefusalReason::InvalidMessage => "invalid_message",
         }
     }
 }
@@ -254,6 +260,8 @@ impl From<&EnqueueError> for RefusalReason {
             EnqueueError::Spool(SpoolError::Full) => RefusalReason::SpoolFull,
             EnqueueError::Spool(SpoolError::Busy) => RefusalReason::SpoolBusy,
             EnqueueError::Spool(_) => RefusalReason::SpoolError,
+            EnqueueError::UnknownTopic => RefusalReason::UnknownTopic,
+            EnqueueError::Invalid(_) => RefusalReason::InvalidMessage,
         }
     }
 }
@@ -412,6 +420,8 @@ mod tests {
             EnqueueError::Spool(SpoolError::Full),
             EnqueueError::Spool(SpoolError::Busy),
             EnqueueError::Spool(SpoolError::Closed),
+            EnqueueError::UnknownTopic,
+            EnqueueError::Invalid(crate::sink::RecordError::TopicLength(0)),
         ] {
             assert!(RefusalReason::ALL.contains(&RefusalReason::from(&e)));
         }

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::metrics::SpoolMetrics;
 use segment::{
-    parse_segment_file_name, scan_segment, segment_file_name, SegmentReader, SegmentWriter,
-    SpoolRecord, SEGMENT_HEADER_LEN,
+    parse_segment_file_name, scan_segment, segment_file_name, RecordError, SegmentReader,
+    SegmentWriter, SpoolRecord, SEGMENT_HEADER_LEN,
 };
 
 pub use crate::config::SpoolMode;
@@ -59,12 +59,22 @@ impl SpoolSettings {
     }
 }
 
-/// Where a spooled record lives. Packed into librdkafka's message opaque.
+/// Where a spooled record lives. Packed into librdkafka's message opaque
+/// (see `crate::sink`), hence the bounds below.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordLocation {
     pub segment: u64,
     pub offset: u64,
 }
+
+/// The largest segment id: 30 bits of the delivery tag. Ids count up from 1;
+/// at the limit the next segment is 1 again, as soon as the spool holds no
+/// segment (until then, appends that need a new segment are refused). At
+/// one new segment a second the limit is 34 years away.
+pub const MAX_SEGMENT_ID: u64 = (1 << 30) - 1;
+/// The largest record offset: 31 bits of the delivery tag. A record starts
+/// before `spool.segment_bytes` (at most 1 GiB), so every offset fits.
+pub const MAX_RECORD_OFFSET: u64 = (1 << 31) - 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpoolError {
@@ -76,6 +86,8 @@ pub enum SpoolError {
     Io(String),
     #[error("spool stopped")]
     Closed,
+    #[error(transparent)]
+    Record(#[from] RecordError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -186,8 +198,8 @@ impl SpoolHandle {
     /// Appends a line from the request path; never blocks. Await the reply
     /// before answering 204.
     pub fn append(&self, record: &SpoolRecord<'_>) -> Result<AppendReply, SpoolError> {
-        let mut encoded = Vec::with_capacity(record.line.len() + 32);
-        record.encode(&mut encoded);
+        let mut encoded = Vec::with_capacity(record.payload.len() + 32);
+        record.encode(&mut encoded)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(Command::Append {
@@ -208,8 +220,8 @@ impl SpoolHandle {
     /// Appends a line whose delivery failed (from the producer's thread).
     /// Waits for room in the command queue rather than lose the line.
     pub fn append_undelivered(&self, record: &SpoolRecord<'_>) -> Result<(), SpoolError> {
-        let mut encoded = Vec::with_capacity(record.line.len() + 32);
-        record.encode(&mut encoded);
+        let mut encoded = Vec::with_capacity(record.payload.len() + 32);
+        record.encode(&mut encoded)?;
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
         self.tx
             .send(Command::Append {
@@ -272,6 +284,11 @@ impl Spool {
         let mut total_bytes = 0;
         for &id in &ids {
             let path = dir.join(segment_file_name(id));
+            if id > MAX_SEGMENT_ID {
+                // Its records could not be tagged for acknowledgement.
+                tracing::error!(segment = %path.display(), "spool segment id out of range; left in place, not replayed");
+                continue;
+            }
             // A ledger offset past the end of the file is stale (the id was
             // reused): ignore it rather than skip records.
             let file_len_now = std::fs::metadata(&path).map_or(0, |m| m.len());
@@ -610,6 +627,19 @@ impl Worker {
 
     fn write(&mut self, batch: &[u8], count: u64) -> Result<(), SpoolError> {
         if self.writer.is_none() {
+            if self.next_id > MAX_SEGMENT_ID {
+                if !self.segments.is_empty() {
+                    tracing::error!(
+                        "spool segment ids exhausted: appends refused until the spool drains"
+                    );
+                    return Err(SpoolError::Io("spool segment ids exhausted".into()));
+                }
+                // No segment left, and the ledger is rewritten to name none:
+                // no id can be confused with an older one.
+                tracing::info!("spool segment ids wrap around to 1");
+                self.next_id = 1;
+                self.write_ledger();
+            }
             let id = self.next_id;
             let w = SegmentWriter::create(&self.settings.dir, id).map_err(|e| {
                 tracing::error!(error = %e, "cannot create a spool segment");
@@ -733,7 +763,7 @@ impl Worker {
                         continue;
                     }
                 };
-                let Ok(record) = SpoolRecord::decode(&body) else {
+                let Ok(record) = reader.decode(&body) else {
                     break;
                 };
                 let at = RecordLocation {

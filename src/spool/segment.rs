@@ -6,10 +6,18 @@
 //!
 //! ```text
 //! segment file  = header record*
-//! header        = "BCNSPOOL" (8 bytes) | version u32 LE (= 1) | reserved u32 (0)
+//! header        = "BCNSPOOL" (8 bytes) | version u32 LE (1 or 2) | reserved u32 (0)
 //! record        = body_len u32 LE | crc32c(body) u32 LE | body
-//! body          = appended_unix_ms u64 LE | key_len u16 LE (0xFFFF: no key) | key | line
+//! body (v2)     = appended_unix_ms u64 LE | role u8 | topic_len u8 | topic
+//!                 | key_len u16 LE (0xFFFF: no key) | key | payload
+//! body (v1)     = appended_unix_ms u64 LE | key_len u16 LE (0xFFFF: no key) | key | line
+//! role          = 0 beacons (topic_len 0: `kafka.topic`) | 1 event | 2 event error
+//!                 (topic_len 1..=249, the topic in UTF-8)
 //! ```
+//!
+//! New segments are always written in version 2; version 1 segments (left by
+//! an older beacond) are still read, and their records are beacons for the
+//! configured topic. The version is per file: a segment never mixes them.
 //!
 //! A record is valid when its length fits the file and its checksum matches;
 //! the first invalid record ends the readable part of a segment (a torn write
@@ -23,70 +31,180 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"BCNSPOOL";
-pub const FORMAT_VERSION: u32 = 1;
+/// The version new segments are written in.
+pub const FORMAT_VERSION: u32 = 2;
+/// The version before topics: read, never written.
+pub const FORMAT_VERSION_1: u32 = 1;
 pub const SEGMENT_HEADER_LEN: u64 = 16;
 pub const RECORD_HEADER_LEN: u64 = 8;
-/// Body bytes before the key: timestamp and key length.
-const BODY_FIXED_LEN: usize = 10;
+/// The shortest body of either version: v1's timestamp and key length.
+const MIN_BODY_LEN: usize = 10;
 /// Larger bodies are treated as damage (no beacon comes near this).
 pub const MAX_BODY_LEN: u32 = 16 << 20;
+/// Kafka's limit on a topic name.
+pub const MAX_TOPIC_LEN: usize = 249;
+/// Longest key a record holds (`0xFFFF` means no key).
+pub const MAX_KEY_LEN: usize = NO_KEY as usize - 1;
 const NO_KEY: u16 = u16::MAX;
 
-/// One spooled line.
+const ROLE_BEACONS: u8 = 0;
+const ROLE_EVENT: u8 = 1;
+const ROLE_EVENT_ERROR: u8 = 2;
+
+/// Where a message goes. Beacons go to the configured `kafka.topic`, whose
+/// name is not carried per message; events name their topic.
+///
+/// Defined here, the lowest layer that stores it, and re-exported by
+/// `crate::sink` (the seam the request path uses), so neither imports the other's types in a circle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Destination<'a> {
+    /// `kafka.topic`: accepted beacons.
+    Beacons,
+    /// A stream's topic: a valid event.
+    Event { topic: &'a str },
+    /// The error stream's topic: an error event for an invalid one.
+    EventError { topic: &'a str },
+}
+
+impl<'a> Destination<'a> {
+    /// The topic it names, `None` for beacons (the configured topic).
+    pub fn topic(&self) -> Option<&'a str> {
+        match *self {
+            Destination::Beacons => None,
+            Destination::Event { topic } | Destination::EventError { topic } => Some(topic),
+        }
+    }
+}
+
+/// Why a message cannot be stored (or sent): checked before anything is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("topic name of {0} bytes (1 to 249 allowed)")]
+    TopicLength(usize),
+    #[error("message key of {0} bytes (at most 65534 allowed)")]
+    KeyTooLong(usize),
+}
+
+/// Checks that a message fits the record format (topic and key lengths).
+pub fn check_record(destination: &Destination<'_>, key: Option<&[u8]>) -> Result<(), RecordError> {
+    if let Some(topic) = destination.topic() {
+        if topic.is_empty() || topic.len() > MAX_TOPIC_LEN {
+            return Err(RecordError::TopicLength(topic.len()));
+        }
+    }
+    match key {
+        Some(k) if k.len() > MAX_KEY_LEN => Err(RecordError::KeyTooLong(k.len())),
+        _ => Ok(()),
+    }
+}
+
+/// One spooled message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpoolRecord<'a> {
     pub appended_unix_ms: u64,
+    pub destination: Destination<'a>,
     pub key: Option<&'a [u8]>,
-    pub line: &'a [u8],
+    pub payload: &'a [u8],
 }
 
-impl SpoolRecord<'_> {
-    /// Appends the record (header and body) to `out`; returns its length.
-    pub fn encode(&self, out: &mut Vec<u8>) -> u64 {
+impl<'a> SpoolRecord<'a> {
+    /// Appends the record (header and body, version 2) to `out`; returns its
+    /// length. Nothing is written when the record does not fit the format.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<u64, RecordError> {
+        check_record(&self.destination, self.key)?;
         let start = out.len();
         out.extend_from_slice(&[0; RECORD_HEADER_LEN as usize]);
         let body_start = out.len();
         out.extend_from_slice(&self.appended_unix_ms.to_le_bytes());
+        let (role, topic) = match self.destination {
+            Destination::Beacons => (ROLE_BEACONS, ""),
+            Destination::Event { topic } => (ROLE_EVENT, topic),
+            Destination::EventError { topic } => (ROLE_EVENT_ERROR, topic),
+        };
+        // Lengths checked above: topic <= 249, key <= 0xFFFE.
+        out.push(role);
+        out.push(topic.len() as u8);
+        out.extend_from_slice(topic.as_bytes());
         match self.key {
             Some(k) => {
-                let len = k.len().min(NO_KEY as usize - 1);
-                out.extend_from_slice(&(len as u16).to_le_bytes());
-                out.extend_from_slice(&k[..len]);
+                out.extend_from_slice(&(k.len() as u16).to_le_bytes());
+                out.extend_from_slice(k);
             }
             None => out.extend_from_slice(&NO_KEY.to_le_bytes()),
         }
-        out.extend_from_slice(self.line);
+        out.extend_from_slice(self.payload);
         let body_len = (out.len() - body_start) as u32;
         let crc = crc32c::crc32c(&out[body_start..]);
         out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
         out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-        (out.len() - start) as u64
+        Ok((out.len() - start) as u64)
     }
 
-    /// Decodes a checksummed body.
-    pub fn decode(body: &[u8]) -> Result<SpoolRecord<'_>, Damage> {
-        if body.len() < BODY_FIXED_LEN {
-            return Err(Damage::BadBody);
+    /// Decodes a checksummed body of a segment of the given version.
+    pub fn decode(body: &'a [u8], version: u32) -> Result<SpoolRecord<'a>, Damage> {
+        match version {
+            FORMAT_VERSION_1 => Self::decode_v1(body),
+            FORMAT_VERSION => Self::decode_v2(body),
+            _ => Err(Damage::BadBody),
         }
-        let appended_unix_ms =
-            u64::from_le_bytes(body[0..8].try_into().map_err(|_| Damage::BadBody)?);
-        let key_len = u16::from_le_bytes([body[8], body[9]]);
-        let rest = &body[BODY_FIXED_LEN..];
-        let (key, line) = if key_len == NO_KEY {
-            (None, rest)
-        } else {
-            let k = key_len as usize;
-            if k > rest.len() {
-                return Err(Damage::BadBody);
-            }
-            (Some(&rest[..k]), &rest[k..])
-        };
+    }
+
+    fn decode_v1(body: &'a [u8]) -> Result<SpoolRecord<'a>, Damage> {
+        let (appended_unix_ms, rest) = take_u64(body)?;
+        let (key, payload) = take_key(rest)?;
         Ok(SpoolRecord {
             appended_unix_ms,
+            destination: Destination::Beacons,
             key,
-            line,
+            payload,
         })
     }
+
+    fn decode_v2(body: &'a [u8]) -> Result<SpoolRecord<'a>, Damage> {
+        let (appended_unix_ms, rest) = take_u64(body)?;
+        let [role, topic_len, rest @ ..] = rest else {
+            return Err(Damage::BadBody);
+        };
+        let topic_len = *topic_len as usize;
+        if topic_len > rest.len() || topic_len > MAX_TOPIC_LEN {
+            return Err(Damage::BadBody);
+        }
+        let (topic, rest) = rest.split_at(topic_len);
+        let topic = std::str::from_utf8(topic).map_err(|_| Damage::BadBody)?;
+        let destination = match (*role, topic_len) {
+            (ROLE_BEACONS, 0) => Destination::Beacons,
+            (ROLE_EVENT, 1..) => Destination::Event { topic },
+            (ROLE_EVENT_ERROR, 1..) => Destination::EventError { topic },
+            _ => return Err(Damage::BadBody),
+        };
+        let (key, payload) = take_key(rest)?;
+        Ok(SpoolRecord {
+            appended_unix_ms,
+            destination,
+            key,
+            payload,
+        })
+    }
+}
+
+fn take_u64(bytes: &[u8]) -> Result<(u64, &[u8]), Damage> {
+    let (head, rest) = bytes.split_first_chunk::<8>().ok_or(Damage::BadBody)?;
+    Ok((u64::from_le_bytes(*head), rest))
+}
+
+/// `key_len u16 | key | rest`.
+fn take_key(bytes: &[u8]) -> Result<(Option<&[u8]>, &[u8]), Damage> {
+    let (len, rest) = bytes.split_first_chunk::<2>().ok_or(Damage::BadBody)?;
+    let len = u16::from_le_bytes(*len);
+    if len == NO_KEY {
+        return Ok((None, rest));
+    }
+    let len = len as usize;
+    if len > rest.len() {
+        return Err(Damage::BadBody);
+    }
+    let (key, rest) = rest.split_at(len);
+    Ok((Some(key), rest))
 }
 
 /// What is wrong at the end of a segment's readable part.
@@ -199,6 +317,7 @@ impl SegmentWriter {
 #[derive(Debug)]
 pub struct SegmentReader {
     file: File,
+    version: u32,
 }
 
 /// A record read from a segment.
@@ -211,22 +330,35 @@ pub struct RecordSpan {
 }
 
 impl SegmentReader {
-    /// Opens a segment and checks its header.
+    /// Opens a segment and checks its header (version 1 or 2).
     pub fn open(path: &Path) -> Result<SegmentReader, SegmentError> {
         let file = File::open(path).map_err(|source| SegmentError::Io {
             path: path.to_path_buf(),
             source,
         })?;
         let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
-        let ok = file.read_exact_at(&mut header, 0).is_ok()
-            && &header[..8] == SEGMENT_MAGIC
-            && header[8..12] == FORMAT_VERSION.to_le_bytes();
-        if !ok {
+        let version = match file.read_exact_at(&mut header, 0) {
+            Ok(()) if &header[..8] == SEGMENT_MAGIC => {
+                u32::from_le_bytes([header[8], header[9], header[10], header[11]])
+            }
+            _ => 0,
+        };
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_1 {
             return Err(SegmentError::BadHeader {
                 path: path.to_path_buf(),
             });
         }
-        Ok(SegmentReader { file })
+        Ok(SegmentReader { file, version })
+    }
+
+    /// The segment's format version (1 or 2).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Decodes a body [`SegmentReader::read_at`] read from this segment.
+    pub fn decode<'b>(&self, body: &'b [u8]) -> Result<SpoolRecord<'b>, Damage> {
+        SpoolRecord::decode(body, self.version)
     }
 
     /// Reads the record at `offset` into `body`, not looking past `limit`
@@ -249,7 +381,7 @@ impl SegmentReader {
             .map_err(|_| Damage::TornHeader)?;
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if len < BODY_FIXED_LEN as u32 || len > MAX_BODY_LEN {
+        if len < MIN_BODY_LEN as u32 || len > MAX_BODY_LEN {
             return Err(Damage::BadLength);
         }
         let end = offset + RECORD_HEADER_LEN + len as u64;
@@ -264,7 +396,7 @@ impl SegmentReader {
         if crc32c::crc32c(body) != crc {
             return Err(Damage::BadChecksum);
         }
-        SpoolRecord::decode(body)?;
+        self.decode(body)?;
         Ok(Some(RecordSpan { offset, end }))
     }
 }
@@ -304,8 +436,7 @@ pub fn scan_segment(path: &Path, from: u64) -> Result<SegmentScan, SegmentError>
         match reader.read_at(pos, file_len, &mut body) {
             Ok(Some(span)) => {
                 if scan.oldest_unix_ms.is_none() {
-                    scan.oldest_unix_ms =
-                        SpoolRecord::decode(&body).ok().map(|r| r.appended_unix_ms);
+                    scan.oldest_unix_ms = reader.decode(&body).ok().map(|r| r.appended_unix_ms);
                 }
                 scan.records += 1;
                 pos = span.end;
@@ -322,7 +453,7 @@ pub fn scan_segment(path: &Path, from: u64) -> Result<SegmentScan, SegmentError>
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -332,35 +463,262 @@ mod tests {
         d
     }
 
-    fn record(i: u64, key: Option<&[u8]>) -> Vec<u8> {
-        let line =
-            format!("?%7B%22i%22%3A{i}%7D;\thost\t{i}\t2026-11-28T00:00:00\t1.2.3.4\t\"ua\"");
+    fn line(i: u64) -> String {
+        format!("?%7B%22i%22%3A{i}%7D;\thost\t{i}\t2026-11-28T00:00:00\t1.2.3.4\t\"ua\"")
+    }
+
+    fn record_to(i: u64, destination: Destination<'_>, key: Option<&[u8]>) -> Vec<u8> {
+        let line = line(i);
         let mut out = Vec::new();
         SpoolRecord {
             appended_unix_ms: 1_000 + i,
+            destination,
             key,
-            line: line.as_bytes(),
+            payload: line.as_bytes(),
         }
-        .encode(&mut out);
+        .encode(&mut out)
+        .unwrap();
         out
+    }
+
+    fn record(i: u64, key: Option<&[u8]>) -> Vec<u8> {
+        record_to(i, Destination::Beacons, key)
+    }
+
+    /// A version 1 record, byte for byte as beacond before topics wrote it:
+    /// `body_len u32 | crc32c u32 | appended_unix_ms u64 | key_len u16
+    /// (0xFFFF: none) | key | line`, all little-endian.
+    pub(crate) fn v1_record(appended_unix_ms: u64, key: Option<&[u8]>, line: &[u8]) -> Vec<u8> {
+        let mut body = appended_unix_ms.to_le_bytes().to_vec();
+        match key {
+            Some(k) => {
+                body.extend_from_slice(&(k.len() as u16).to_le_bytes());
+                body.extend_from_slice(k);
+            }
+            None => body.extend_from_slice(&0xFFFFu16.to_le_bytes()),
+        }
+        body.extend_from_slice(line);
+        let mut out = (body.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// A version 1 segment header: `"BCNSPOOL" | 1u32 LE | 0u32`.
+    pub(crate) fn v1_header() -> Vec<u8> {
+        let mut h = b"BCNSPOOL".to_vec();
+        h.extend_from_slice(&1u32.to_le_bytes());
+        h.extend_from_slice(&0u32.to_le_bytes());
+        h
     }
 
     #[test]
     fn record_round_trip() {
         for key in [None, Some(&b""[..]), Some(&b"203.0.113.9"[..])] {
-            let enc = record(7, key);
-            let body = &enc[8..];
-            let len = u32::from_le_bytes(enc[0..4].try_into().unwrap());
-            assert_eq!(len as usize, body.len());
-            assert_eq!(
-                u32::from_le_bytes(enc[4..8].try_into().unwrap()),
-                crc32c::crc32c(body)
-            );
-            let r = SpoolRecord::decode(body).unwrap();
-            assert_eq!(r.key, key);
-            assert_eq!(r.appended_unix_ms, 1007);
-            assert!(r.line.starts_with(b"?%7B"));
+            for destination in [
+                Destination::Beacons,
+                Destination::Event {
+                    topic: "eqiad.mediawiki.page_change",
+                },
+                Destination::EventError {
+                    topic: "beacond.error.validation",
+                },
+            ] {
+                let enc = record_to(7, destination, key);
+                let body = &enc[8..];
+                let len = u32::from_le_bytes(enc[0..4].try_into().unwrap());
+                assert_eq!(len as usize, body.len());
+                assert_eq!(
+                    u32::from_le_bytes(enc[4..8].try_into().unwrap()),
+                    crc32c::crc32c(body)
+                );
+                let r = SpoolRecord::decode(body, FORMAT_VERSION).unwrap();
+                assert_eq!(r.key, key);
+                assert_eq!(r.destination, destination);
+                assert_eq!(r.appended_unix_ms, 1007);
+                assert_eq!(r.payload, line(7).as_bytes());
+            }
         }
+    }
+
+    #[test]
+    fn v2_body_layout_is_as_documented() {
+        let enc = record_to(1, Destination::Event { topic: "t.x" }, Some(b"k1"));
+        let body = &enc[8..];
+        assert_eq!(&body[..8], &1001u64.to_le_bytes());
+        assert_eq!(body[8], 1, "role: event");
+        assert_eq!(body[9], 3, "topic_len");
+        assert_eq!(&body[10..13], b"t.x");
+        assert_eq!(&body[13..15], &2u16.to_le_bytes());
+        assert_eq!(&body[15..17], b"k1");
+        assert_eq!(&body[17..], line(1).as_bytes());
+        let beacon = record(1, None);
+        assert_eq!(
+            &beacon[8 + 8..8 + 12],
+            &[0, 0, 0xFF, 0xFF],
+            "beacons carry no topic"
+        );
+    }
+
+    #[test]
+    fn records_that_do_not_fit_are_refused_not_cut() {
+        let long = "t".repeat(MAX_TOPIC_LEN + 1);
+        let big_key = vec![b'k'; MAX_KEY_LEN + 1];
+        let cases: [(Destination<'_>, Option<&[u8]>, RecordError); 4] = [
+            (
+                Destination::Event { topic: &long },
+                None,
+                RecordError::TopicLength(250),
+            ),
+            (
+                Destination::EventError { topic: "" },
+                None,
+                RecordError::TopicLength(0),
+            ),
+            (
+                Destination::Beacons,
+                Some(&big_key),
+                RecordError::KeyTooLong(65535),
+            ),
+            (
+                Destination::Event { topic: "ok" },
+                Some(&big_key),
+                RecordError::KeyTooLong(65535),
+            ),
+        ];
+        for (destination, key, want) in cases {
+            let mut out = Vec::new();
+            let r = SpoolRecord {
+                appended_unix_ms: 0,
+                destination,
+                key,
+                payload: b"x",
+            };
+            assert_eq!(r.encode(&mut out), Err(want));
+            assert!(out.is_empty(), "nothing written");
+        }
+        let at_limit = "t".repeat(MAX_TOPIC_LEN);
+        let key = vec![b'k'; MAX_KEY_LEN];
+        let mut out = Vec::new();
+        SpoolRecord {
+            appended_unix_ms: 0,
+            destination: Destination::Event { topic: &at_limit },
+            key: Some(&key),
+            payload: b"x",
+        }
+        .encode(&mut out)
+        .unwrap();
+        let r = SpoolRecord::decode(&out[8..], FORMAT_VERSION).unwrap();
+        assert_eq!(r.destination.topic(), Some(at_limit.as_str()));
+        assert_eq!(r.key.map(<[u8]>::len), Some(MAX_KEY_LEN));
+    }
+
+    #[test]
+    fn malformed_v2_bodies_are_damage() {
+        let mut good = record_to(1, Destination::Event { topic: "abc" }, None);
+        let body = &mut good[8..];
+        for (at, value) in [(8, 9u8), (9, 200), (9, 0)] {
+            let mut b = body.to_vec();
+            b[at] = value;
+            assert_eq!(
+                SpoolRecord::decode(&b, FORMAT_VERSION),
+                Err(Damage::BadBody),
+                "byte {at} = {value}"
+            );
+        }
+        // A beacon record with a topic, a topic that is not UTF-8.
+        let mut b = body.to_vec();
+        b[8] = 0;
+        assert_eq!(
+            SpoolRecord::decode(&b, FORMAT_VERSION),
+            Err(Damage::BadBody)
+        );
+        let mut b = body.to_vec();
+        b[10] = 0xFF;
+        assert_eq!(
+            SpoolRecord::decode(&b, FORMAT_VERSION),
+            Err(Damage::BadBody)
+        );
+        assert_eq!(
+            SpoolRecord::decode(&body[..9], FORMAT_VERSION),
+            Err(Damage::BadBody)
+        );
+        assert_eq!(SpoolRecord::decode(body, 3), Err(Damage::BadBody));
+    }
+
+    #[test]
+    fn version_1_segments_are_read_as_beacons() {
+        let dir = temp_dir("v1");
+        let path = dir.join(segment_file_name(1));
+        let mut bytes = v1_header();
+        for i in 0..20u64 {
+            let key: Option<&[u8]> = if i % 2 == 0 {
+                Some(b"198.51.100.7")
+            } else {
+                None
+            };
+            bytes.extend_from_slice(&v1_record(5_000 + i, key, line(i).as_bytes()));
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let r = SegmentReader::open(&path).unwrap();
+        assert_eq!(r.version(), FORMAT_VERSION_1);
+        let mut pos = SEGMENT_HEADER_LEN;
+        let mut body = Vec::new();
+        let mut n = 0;
+        while let Some(span) = r.read_at(pos, bytes.len() as u64, &mut body).unwrap() {
+            let rec = r.decode(&body).unwrap();
+            assert_eq!(rec.destination, Destination::Beacons);
+            assert_eq!(rec.appended_unix_ms, 5_000 + n);
+            assert_eq!(rec.payload, line(n).as_bytes());
+            let want: Option<&[u8]> = if n % 2 == 0 {
+                Some(b"198.51.100.7")
+            } else {
+                None
+            };
+            assert_eq!(rec.key, want);
+            pos = span.end;
+            n += 1;
+        }
+        assert_eq!(n, 20);
+        let scan = scan_segment(&path, 0).unwrap();
+        assert_eq!(
+            (scan.records, scan.damage, scan.oldest_unix_ms),
+            (20, None, Some(5_000))
+        );
+        // Damage in a v1 segment: a torn tail and a flipped byte.
+        let cut = bytes.len() - 3;
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let scan = scan_segment(&path, 0).unwrap();
+        assert_eq!(scan.records, 19);
+        assert_eq!(scan.damage.unwrap().1, Damage::TornBody);
+        let rec_len = v1_record(0, Some(b"198.51.100.7"), line(0).as_bytes()).len();
+        let mut flipped = bytes.clone();
+        flipped[SEGMENT_HEADER_LEN as usize + rec_len + 30] ^= 0x20;
+        std::fs::write(&path, &flipped).unwrap();
+        let scan = scan_segment(&path, 0).unwrap();
+        assert_eq!(scan.records, 1);
+        assert_eq!(scan.damage.unwrap().1, Damage::BadChecksum);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn new_segments_are_version_2() {
+        let dir = temp_dir("v2hdr");
+        let w = SegmentWriter::create(&dir, 1).unwrap();
+        let bytes = std::fs::read(dir.join(segment_file_name(1))).unwrap();
+        assert_eq!(&bytes[..8], b"BCNSPOOL");
+        assert_eq!(&bytes[8..12], &2u32.to_le_bytes());
+        assert_eq!(w.len(), SEGMENT_HEADER_LEN);
+        // An unknown version is a bad header, not guessed at.
+        let path = dir.join(segment_file_name(2));
+        let mut h = v1_header();
+        h[8..12].copy_from_slice(&3u32.to_le_bytes());
+        std::fs::write(&path, &h).unwrap();
+        assert!(matches!(
+            SegmentReader::open(&path),
+            Err(SegmentError::BadHeader { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -370,18 +728,24 @@ mod tests {
         assert!(w.is_empty());
         let mut batch = Vec::new();
         for i in 0..100 {
-            batch.extend_from_slice(&record(i, Some(b"k")));
+            batch.extend_from_slice(&record_to(
+                i,
+                Destination::Event { topic: "ev" },
+                Some(b"k"),
+            ));
         }
         w.append(&batch).unwrap();
         w.sync().unwrap();
         let path = dir.join(segment_file_name(3));
         let r = SegmentReader::open(&path).unwrap();
+        assert_eq!(r.version(), FORMAT_VERSION);
         let mut pos = SEGMENT_HEADER_LEN;
         let mut body = Vec::new();
         let mut n = 0;
         while let Some(span) = r.read_at(pos, w.len(), &mut body).unwrap() {
-            let rec = SpoolRecord::decode(&body).unwrap();
+            let rec = r.decode(&body).unwrap();
             assert_eq!(rec.appended_unix_ms, 1000 + n);
+            assert_eq!(rec.destination, Destination::Event { topic: "ev" });
             pos = span.end;
             n += 1;
         }
@@ -395,7 +759,6 @@ mod tests {
         assert!(SegmentWriter::create(&dir, 3).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
-
     #[test]
     fn torn_tail_keeps_what_precedes_it() {
         let dir = temp_dir("torn");
@@ -484,6 +847,37 @@ mod tests {
                 prop_assert!(scan.records >= 1);
                 prop_assert!(scan.valid_len <= w.len());
                 let _ = std::fs::remove_dir_all(&dir);
+            }
+
+            #[test]
+            fn any_record_round_trips(
+                role in 0u8..3,
+                topic in prop_oneof![
+                    prop::collection::vec(any::<char>(), 1..=62).prop_map(|c| c.into_iter().collect::<String>()),
+                    "[a-zA-Z0-9._-]{1,249}",
+                ],
+                key in prop::option::of(prop::collection::vec(any::<u8>(), 0..300)),
+                payload in prop::collection::vec(any::<u8>(), 0..4000),
+                appended_unix_ms in any::<u64>(),
+            ) {
+                let destination = match role {
+                    0 => Destination::Beacons,
+                    1 => Destination::Event { topic: &topic },
+                    _ => Destination::EventError { topic: &topic },
+                };
+                let record = SpoolRecord { appended_unix_ms, destination, key: key.as_deref(), payload: &payload };
+                let mut out = Vec::new();
+                let len = record.encode(&mut out).unwrap();
+                prop_assert_eq!(len as usize, out.len());
+                let body = &out[RECORD_HEADER_LEN as usize..];
+                prop_assert_eq!(u32::from_le_bytes(out[4..8].try_into().unwrap()), crc32c::crc32c(body));
+                prop_assert_eq!(SpoolRecord::decode(body, FORMAT_VERSION), Ok(record));
+            }
+
+            #[test]
+            fn decoding_arbitrary_bodies_never_panics(body in prop::collection::vec(any::<u8>(), 0..600)) {
+                let _ = SpoolRecord::decode(&body, FORMAT_VERSION);
+                let _ = SpoolRecord::decode(&body, FORMAT_VERSION_1);
             }
         }
     }

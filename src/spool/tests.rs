@@ -6,11 +6,17 @@ use crate::metrics::Metrics;
 /// What the fake broker was given: location, line, key.
 type Sent = (RecordLocation, Vec<u8>, Option<Vec<u8>>);
 
+/// A destination as the fake broker saw it: `None` for beacons, else the
+/// role byte's meaning and the topic.
+type SentTo = Option<(bool, String)>;
+
 /// A dispatch target that records what it was given.
 #[derive(Default)]
 struct FakeKafka {
     open: AtomicBool,
     sent: Mutex<Vec<Sent>>,
+    /// The destination of each record sent, in the same order.
+    to: Mutex<Vec<SentTo>>,
 }
 
 impl Dispatch for FakeKafka {
@@ -18,10 +24,19 @@ impl Dispatch for FakeKafka {
         self.open.load(Ordering::Relaxed)
     }
     fn dispatch(&self, record: &SpoolRecord<'_>, at: RecordLocation) -> Result<(), DispatchError> {
-        self.sent
-            .lock()
-            .unwrap()
-            .push((at, record.line.to_vec(), record.key.map(<[u8]>::to_vec)));
+        let to = match record.destination {
+            segment::Destination::Beacons => None,
+            segment::Destination::Event { topic } => Some((false, topic.to_owned())),
+            segment::Destination::EventError { topic } => Some((true, topic.to_owned())),
+        };
+        // Both under one lock order: `to` then `sent`.
+        let mut tos = self.to.lock().unwrap();
+        tos.push(to);
+        self.sent.lock().unwrap().push((
+            at,
+            record.payload.to_vec(),
+            record.key.map(<[u8]>::to_vec),
+        ));
         Ok(())
     }
 }
@@ -31,6 +46,10 @@ impl FakeKafka {
         let f = FakeKafka::default();
         f.open.store(open, Ordering::Relaxed);
         Arc::new(f)
+    }
+    /// The destinations of everything sent so far (and forgets them).
+    fn take_to(&self) -> Vec<SentTo> {
+        std::mem::take(&mut *self.to.lock().unwrap())
     }
     fn take(&self) -> Vec<Sent> {
         std::mem::take(&mut *self.sent.lock().unwrap())
@@ -83,12 +102,13 @@ fn append(h: &SpoolHandle, i: usize) -> Result<(), SpoolError> {
     let l = line(i);
     let rec = SpoolRecord {
         appended_unix_ms: now_unix_ms(),
+        destination: segment::Destination::Beacons,
         key: if i.is_multiple_of(2) {
             Some(b"203.0.113.9")
         } else {
             None
         },
-        line: &l,
+        payload: &l,
     };
     h.append(&rec)?
         .blocking_recv()
@@ -350,6 +370,176 @@ fn a_stale_ledger_never_hides_records_of_a_reused_id() {
     let sent = kafka.wait_for(1);
     assert_eq!(sent[0].1, line(1));
     h.acked(sent[0].0);
+    spool.shutdown();
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+fn append_to(
+    h: &SpoolHandle,
+    destination: segment::Destination<'_>,
+    key: Option<&[u8]>,
+    payload: &[u8],
+) -> Result<(), SpoolError> {
+    let rec = SpoolRecord {
+        appended_unix_ms: now_unix_ms(),
+        destination,
+        key,
+        payload,
+    };
+    h.append(&rec)?
+        .blocking_recv()
+        .unwrap_or(Err(SpoolError::Closed))
+}
+
+#[test]
+fn events_keep_their_topic_through_the_spool_and_a_restart() {
+    use segment::Destination;
+    let d = dir("topics");
+    let kafka = FakeKafka::new(false);
+    let (spool, h, _) = open(settings(&d), &kafka);
+    for i in 0..30 {
+        let l = line(i);
+        let destination = match i % 3 {
+            0 => Destination::Beacons,
+            1 => Destination::Event {
+                topic: "eqiad.stream.one",
+            },
+            _ => Destination::EventError {
+                topic: "beacond.error.validation",
+            },
+        };
+        append_to(&h, destination, Some(format!("k{i}").as_bytes()), &l).unwrap();
+    }
+    spool.shutdown();
+    let kafka = FakeKafka::new(true);
+    let (spool, h, _) = open(settings(&d), &kafka);
+    let sent = kafka.wait_for(30);
+    let to = kafka.take_to();
+    for (i, ((at, payload, key), to)) in sent.iter().zip(&to).enumerate() {
+        assert_eq!(payload, &line(i));
+        assert_eq!(key.as_deref(), Some(format!("k{i}").as_bytes()));
+        let want = match i % 3 {
+            0 => None,
+            1 => Some((false, "eqiad.stream.one".to_string())),
+            _ => Some((true, "beacond.error.validation".to_string())),
+        };
+        assert_eq!(to, &want, "record {i}");
+        h.acked(*at);
+    }
+    spool.shutdown();
+    assert!(files(&d).is_empty());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_version_1_spool_is_replayed_as_beacons_after_the_upgrade() {
+    use segment::tests::{v1_header, v1_record};
+    use segment::Destination;
+    let d = dir("v1-upgrade");
+    std::fs::create_dir_all(&d).unwrap();
+    // What beacond before topics left behind: one v1 segment, a ledger
+    // saying the first record was acknowledged.
+    let mut bytes = v1_header();
+    let first = v1_record(1_000, Some(b"203.0.113.9"), &line(0));
+    bytes.extend_from_slice(&first);
+    for i in 1..10 {
+        let key: Option<&[u8]> = if i % 2 == 0 {
+            Some(b"203.0.113.9")
+        } else {
+            None
+        };
+        bytes.extend_from_slice(&v1_record(1_000 + i as u64, key, &line(i)));
+    }
+    std::fs::write(d.join(segment_file_name(4)), &bytes).unwrap();
+    std::fs::write(
+        d.join("ledger"),
+        format!("4 {}\n", SEGMENT_HEADER_LEN + first.len() as u64),
+    )
+    .unwrap();
+
+    let kafka = FakeKafka::new(false);
+    let (spool, h, metrics) = open(settings(&d), &kafka);
+    assert_eq!(metrics.spool.corrupt_segments.get(), 0);
+    // New records after the upgrade queue behind the old ones, in v2.
+    append_to(&h, Destination::Event { topic: "ev" }, None, b"new-event").unwrap();
+    kafka.open.store(true, Ordering::Relaxed);
+    let sent = kafka.wait_for(10);
+    let to = kafka.take_to();
+    for (n, (_, payload, key)) in sent[..9].iter().enumerate() {
+        let i = n + 1;
+        assert_eq!(payload, &line(i));
+        let want: Option<&[u8]> = if i % 2 == 0 {
+            Some(b"203.0.113.9")
+        } else {
+            None
+        };
+        assert_eq!(key.as_deref(), want);
+        assert_eq!(to[n], None, "v1 records are beacons");
+    }
+    assert_eq!(sent[9].1, b"new-event");
+    assert_eq!(to[9], Some((false, "ev".to_string())));
+    assert_eq!(sent[9].0.segment, 5, "a new segment, after the old one");
+    let header = std::fs::read(d.join(segment_file_name(5))).unwrap();
+    assert_eq!(&header[8..12], &segment::FORMAT_VERSION.to_le_bytes());
+    for (at, _, _) in &sent {
+        h.acked(*at);
+    }
+    spool.shutdown();
+    assert!(files(&d).is_empty(), "{:?}", files(&d));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn segment_ids_wrap_at_the_tag_limit_only_once_the_spool_is_empty() {
+    let d = dir("id-limit");
+    std::fs::create_dir_all(&d).unwrap();
+    // The last allowed id holds a record; the ledger names it.
+    let mut w = segment::SegmentWriter::create(&d, MAX_SEGMENT_ID).unwrap();
+    let mut enc = Vec::new();
+    SpoolRecord {
+        appended_unix_ms: 1,
+        destination: segment::Destination::Beacons,
+        key: None,
+        payload: &line(0),
+    }
+    .encode(&mut enc)
+    .unwrap();
+    w.append(&enc).unwrap();
+    drop(w);
+    let kafka = FakeKafka::new(false);
+    let (spool, h, _) = open(settings(&d), &kafka);
+    // No id left for a new segment while one exists: refused (503), not
+    // written under an id the delivery tag cannot carry.
+    assert!(matches!(append(&h, 1), Err(SpoolError::Io(_))));
+    kafka.open.store(true, Ordering::Relaxed);
+    let sent = kafka.wait_for(1);
+    assert_eq!(sent[0].0.segment, MAX_SEGMENT_ID);
+    h.acked(sent[0].0);
+    // Once it is deleted, ids start again at 1.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !files(&d).is_empty() {
+        assert!(Instant::now() < deadline, "{:?}", files(&d));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    append(&h, 2).unwrap();
+    assert_eq!(files(&d), vec![segment_file_name(1)]);
+    let sent = kafka.wait_for(1);
+    assert_eq!(sent[0].1, line(2));
+    h.acked(sent[0].0);
+    spool.shutdown();
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn records_that_do_not_fit_are_refused() {
+    let d = dir("unfit");
+    let kafka = FakeKafka::new(false);
+    let (spool, h, _) = open(settings(&d), &kafka);
+    let long = "t".repeat(250);
+    assert_eq!(
+        append_to(&h, segment::Destination::Event { topic: &long }, None, b"x"),
+        Err(SpoolError::Record(RecordError::TopicLength(250)))
+    );
     spool.shutdown();
     let _ = std::fs::remove_dir_all(&d);
 }
