@@ -21,6 +21,7 @@ pub mod config;
 #[cfg(test)]
 pub(crate) mod crosscheck;
 pub mod decode;
+pub mod event_rules;
 pub mod filter;
 pub mod format;
 pub mod intake;

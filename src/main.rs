@@ -5,7 +5,8 @@ use anyhow::Context as _;
 use clap::Parser;
 
 use beacond::config::Config;
-use beacond::service::Service;
+use beacond::event_rules::EventRulesSource;
+use beacond::service::{EventsReloader, Service};
 use beacond::sink::KafkaSink;
 
 /// Edge beacon collector: EventLogging beacons from HTTP to Kafka.
@@ -35,6 +36,15 @@ fn main() -> anyhow::Result<()> {
     beacond::service::prepare(&mut config)?;
     if args.check {
         KafkaSink::validate_properties(&config).context("kafka.properties")?;
+        let hostname = config.output.hostname.clone().unwrap_or_default();
+        if let Some(source) = EventRulesSource::new(&config.events, &hostname) {
+            let validator = source.load()?;
+            eprintln!(
+                "events: {} streams, {} schemas",
+                validator.stream_config().len(),
+                validator.schema_repository().len()
+            );
+        }
         print!("{}", config.to_toml());
         return Ok(());
     }
@@ -46,12 +56,32 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(async {
         let service = Service::bind(config).await?;
+        if let Some(reloader) = service.events_reloader() {
+            reload_on_sighup(reloader);
+        }
         let (shutdown, hurry) = shutdown_signals();
         service.run_until(shutdown, hurry).await?;
         anyhow::Ok(())
     })?;
     tracing::info!("beacond stopped");
     Ok(())
+}
+
+/// On each SIGHUP, reloads the events intake's stream config and schemas on
+/// a blocking thread (a failure keeps the ones in force; it is logged there).
+fn reload_on_sighup(reloader: EventsReloader) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reloads need a restart");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the stream config and schemas");
+            let reloader = reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+        }
+    });
 }
 
 /// Two futures: the first resolves on the first SIGTERM or SIGINT (start the

@@ -261,6 +261,8 @@ pub struct SchemaRepository {
     titles: std::collections::HashSet<String>,
     /// Number of distinct schemas (without `latest` aliases).
     count: usize,
+    /// Files left out, and why.
+    skipped: Vec<String>,
 }
 
 impl SchemaRepository {
@@ -281,7 +283,18 @@ impl SchemaRepository {
                     tracing::debug!(file = %path.display(), kept = %existing.path.display(), "schema shadowed by an earlier file with the same $id");
                     continue;
                 }
-                let schema = Arc::new(load_file(&path, &expected, version)?);
+                let schema = match load_file(&path, &expected, version) {
+                    Ok(schema) => Arc::new(schema),
+                    // A file whose $id is not its path cannot be resolved
+                    // consistently: skipped (real repositories have one),
+                    // named in the log and in `skipped()`.
+                    Err(e @ SchemaRepositoryError::IdMismatch { .. }) => {
+                        tracing::warn!(error = %e, "schema file skipped");
+                        repo.skipped.push(e.to_string());
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 repo.titles.insert(schema.title.clone());
                 let latest_uri = format!("/{title_dir}/latest");
                 match latest.get(&latest_uri) {
@@ -301,6 +314,12 @@ impl SchemaRepository {
             "schema repositories loaded"
         );
         Ok(repo)
+    }
+
+    /// Files left out at load, with the reason (a `$id` that is not the
+    /// file's path in the repository).
+    pub fn skipped(&self) -> &[String] {
+        &self.skipped
     }
 
     /// The schema an event's `$schema` names (see the module docs).
@@ -723,7 +742,7 @@ mod tests {
     }
 
     #[test]
-    fn id_mismatch_names_the_file() {
+    fn a_file_whose_id_is_not_its_path_is_skipped_and_named() {
         let dir = std::env::temp_dir().join(format!("beacond-schema-test-{}", std::process::id()));
         let sub = dir.join("some/title");
         std::fs::create_dir_all(&sub).unwrap();
@@ -732,27 +751,34 @@ mod tests {
             "title: some/title\n$id: /other/1.0.0\ntype: object\n",
         )
         .unwrap();
+        std::fs::write(
+            sub.join("1.1.0.yaml"),
+            "title: some/title\n$id: /some/title/1.1.0\ntype: object\n",
+        )
+        .unwrap();
         std::fs::write(sub.join("current.yaml"), "not: checked\n").unwrap();
-        let err = SchemaRepository::load(std::slice::from_ref(&dir)).unwrap_err();
+        let repo = SchemaRepository::load(std::slice::from_ref(&dir)).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
-        let msg = err.to_string();
+        assert_eq!(repo.len(), 1);
+        assert!(repo.resolve("/some/title/1.1.0", false).is_ok());
+        assert!(repo.resolve("/other/1.0.0", false).is_err());
+        assert!(repo.resolve("/some/title/1.0.0", false).is_err());
+        let [skipped] = repo.skipped() else {
+            panic!("{:?}", repo.skipped())
+        };
         assert!(
-            matches!(err, SchemaRepositoryError::IdMismatch { .. }),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("some/title/1.0.0.yaml") && msg.contains("/other/1.0.0"),
-            "{msg}"
+            skipped.contains("some/title/1.0.0.yaml") && skipped.contains("/other/1.0.0"),
+            "{skipped}"
         );
     }
 
-    /// Load time of the full shared repositories (510 files), when present.
-    /// `load` refuses them: `development/webrequest/1.0.0.yaml` says
-    /// `$id: /webrequest/1.0.0`. So this times the same per-file work
-    /// (read, parse, check, compile, precompute) over every versioned file,
-    /// taking each file's own `$id`, and checks that `load` names the file.
+    /// The full shared repositories (510 files), when present beside the
+    /// checkout (not needed by CI): they load, with the one real file whose
+    /// `$id` is not its path (`development/webrequest/1.0.0.yaml` says
+    /// `/webrequest/1.0.0`) skipped. Prints the load time (no assertion on
+    /// it: machines differ).
     #[test]
-    fn load_time_of_the_full_shared_repositories() {
+    fn the_full_shared_repositories_load() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/event-schemas");
         let dirs = vec![
             root.join("primary/jsonschema"),
@@ -762,33 +788,15 @@ mod tests {
             eprintln!("../shared/event-schemas absent; skipped");
             return;
         }
-        let err = SchemaRepository::load(&dirs).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("development/webrequest/1.0.0.yaml"),
-            "{err}"
-        );
-
         let started = Instant::now();
-        let mut files = Vec::new();
-        for dir in &dirs {
-            walk(dir, dir, 0, &mut files).unwrap();
-        }
-        let (mut compiled, mut mismatched) = (0, 0);
-        for (path, expected, version) in &files {
-            let text = std::fs::read_to_string(path).unwrap();
-            let v = yaml_to_json(&text).unwrap();
-            let id = v["$id"].as_str().unwrap().to_owned();
-            if id != format!("/{expected}/{version}") {
-                mismatched += 1;
-            }
-            load_file(path, &id, *version).unwrap();
-            compiled += 1;
-        }
+        let repo = SchemaRepository::load(&dirs).unwrap();
         eprintln!(
-            "compiled {compiled} shared schema files ({mismatched} with a $id not matching their path) in {:?}",
+            "loaded and compiled {} shared schemas in {:?}",
+            repo.len(),
             started.elapsed()
         );
-        assert!(compiled > 400);
+        assert!(repo.len() > 400);
+        assert_eq!(repo.skipped().len(), 1, "{:?}", repo.skipped());
+        assert!(repo.skipped()[0].contains("development/webrequest/1.0.0.yaml"));
     }
 }

@@ -18,6 +18,8 @@ use tokio::net::TcpListener;
 
 use crate::admin::{self, Readiness};
 use crate::config::{Config, ConfigError};
+use crate::event_rules::{EventRulesError, EventRulesSource, ReloadMetrics, ReloadResult};
+use crate::intake::events::{EventIntake, RulesSlot};
 use crate::intake::Intake;
 use crate::listener::{self, ConnectionSettings};
 use crate::metrics::Metrics;
@@ -47,6 +49,46 @@ pub enum ServiceError {
     Spool(#[from] SpoolOpenError),
     #[error(transparent)]
     Intake(#[from] crate::intake::IntakeError),
+    #[error(transparent)]
+    EventRules(#[from] EventRulesError),
+}
+
+/// Reloads the events intake's stream config and schemas (`SIGHUP`).
+#[derive(Clone)]
+pub struct EventsReloader {
+    source: EventRulesSource,
+    slot: RulesSlot,
+    metrics: ReloadMetrics,
+}
+
+impl EventsReloader {
+    /// Loads the rules again and puts them in force; on failure the rules in
+    /// force stay (logged at ERROR, counted). Blocking: run it on a blocking
+    /// thread.
+    pub fn reload(&self) -> Result<(), EventRulesError> {
+        let started = std::time::Instant::now();
+        match self.source.load() {
+            Ok(validator) => {
+                let schemas = validator.schema_repository().len();
+                let streams = validator.stream_config().len();
+                self.slot.replace(validator);
+                self.metrics.results.inc(ReloadResult::Ok);
+                self.metrics.mark_loaded();
+                tracing::info!(
+                    schemas,
+                    streams,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "stream config and schemas reloaded"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.results.inc(ReloadResult::Failed);
+                tracing::error!(error = %e, "reload failed; the stream config and schemas in force stay");
+                Err(e)
+            }
+        }
+    }
 }
 
 /// Completes a parsed config with what needs the machine (the host name) and
@@ -65,6 +107,8 @@ pub struct Service {
     metrics: Arc<Metrics>,
     sink: Arc<KafkaSink>,
     spool: Option<Spool>,
+    intake: Arc<Intake<KafkaSink>>,
+    reloader: Option<EventsReloader>,
 }
 
 impl Service {
@@ -72,13 +116,44 @@ impl Service {
     pub async fn bind(mut config: Config) -> Result<Service, ServiceError> {
         prepare(&mut config)?;
         let metrics = Arc::new(Metrics::new());
+        // Every file is read and every schema compiled now, before serving.
+        let rules_source = EventRulesSource::new(
+            &config.events,
+            config.output.hostname.as_deref().unwrap_or(""),
+        );
+        let validator = rules_source
+            .as_ref()
+            .map(EventRulesSource::load)
+            .transpose()?;
+        let mut readiness_topics = vec![config.kafka.topic.clone()];
+        if let Some(v) = &validator {
+            readiness_topics.push(v.error_topic().to_string());
+        }
         let mut spool = match SpoolSettings::from_config(&config.spool) {
             Some(settings) => Some(Spool::open(settings, metrics.spool.clone())?),
             None => None,
         };
-        let sink = KafkaSink::new(&config, metrics.clone(), spool.as_ref().map(Spool::handle))?;
+        let sink = KafkaSink::with_readiness_topics(
+            &config,
+            metrics.clone(),
+            spool.as_ref().map(Spool::handle),
+            readiness_topics,
+        )?;
         if let Some(spool) = spool.as_mut() {
             spool.start(sink.clone())?;
+        }
+        let mut intake = Intake::new(&config, sink.clone(), metrics.clone())?;
+        let mut reloader = None;
+        if let (Some(validator), Some(source)) = (validator, rules_source) {
+            let events = EventIntake::new(&config, validator, sink.clone(), &metrics);
+            let reload_metrics = ReloadMetrics::new(&metrics);
+            reload_metrics.mark_loaded();
+            reloader = Some(EventsReloader {
+                source,
+                slot: events.rules_slot(),
+                metrics: reload_metrics,
+            });
+            intake = intake.with_events(events, &metrics);
         }
         let bind = |key: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -94,7 +169,14 @@ impl Service {
             metrics,
             sink,
             spool,
+            intake: Arc::new(intake),
+            reloader,
         })
+    }
+
+    /// Reloads the events intake's rules; `None` while it is off.
+    pub fn events_reloader(&self) -> Option<EventsReloader> {
+        self.reloader.clone()
     }
 
     pub fn beacon_addr(&self) -> SocketAddr {
@@ -130,6 +212,8 @@ impl Service {
             metrics,
             sink,
             spool,
+            intake,
+            reloader: _,
         } = self;
         tracing::info!(
             beacon = %beacon_listener.local_addr().map_or(config.http.listen, |a| a),
@@ -172,7 +256,6 @@ impl Service {
             ))
         };
 
-        let intake = Arc::new(Intake::new(&config, sink.clone(), metrics.clone())?);
         let handler = move |req: http::Request<hyper::body::Incoming>, peer| {
             let intake = intake.clone();
             async move { intake.handle(req, peer).await }

@@ -173,16 +173,24 @@ pub enum ErrorReason {
     MalformedSchemaUri,
     AbsoluteSchemaUri,
     InvalidTopic,
+    /// Valid, but its topic does not exist in Kafka (decided by the intake
+    /// from the sink's view of the cluster).
+    UnknownTopic,
+    /// Valid, but larger than the producer's `message.max.bytes` (decided by
+    /// the intake).
+    MessageTooLarge,
 }
 
 impl ErrorReason {
-    pub const ALL: [ErrorReason; 6] = [
+    pub const ALL: [ErrorReason; 8] = [
         Self::UnknownStream,
         Self::SchemaTitleMismatch,
         Self::UnknownSchema,
         Self::MalformedSchemaUri,
         Self::AbsoluteSchemaUri,
         Self::InvalidTopic,
+        Self::UnknownTopic,
+        Self::MessageTooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -193,6 +201,8 @@ impl ErrorReason {
             Self::MalformedSchemaUri => "malformed_schema_uri",
             Self::AbsoluteSchemaUri => "absolute_schema_uri",
             Self::InvalidTopic => "invalid_topic",
+            Self::UnknownTopic => "unknown_topic",
+            Self::MessageTooLarge => "message_too_large",
         }
     }
 }
@@ -258,6 +268,16 @@ pub enum ValidatorSetupError {
     ErrorTopic { stream: String, topic: String },
 }
 
+impl std::fmt::Debug for EventValidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventValidator")
+            .field("streams", &self.streams.len())
+            .field("schemas", &self.schemas.len())
+            .field("error_topic", &self.error_topic)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The per-event rules over one stream config and schema repository.
 pub struct EventValidator {
     streams: Arc<StreamConfig>,
@@ -319,6 +339,11 @@ impl EventValidator {
             error_topic,
             meta_checks,
         })
+    }
+
+    /// The topic error events go to.
+    pub fn error_topic(&self) -> &str {
+        &self.error_topic
     }
 
     pub fn settings(&self) -> &ValidatorSettings {
@@ -660,6 +685,19 @@ fn errored(
         stream_key,
         item: json!({"status": "error", "event": event, "context": {"message": message}}),
     })
+}
+
+/// An *error* verdict for a valid event the sink cannot take for good (its
+/// topic does not exist, it is too large): `serialized` is the event as it
+/// would have been produced.
+pub fn errored_after_validation(
+    reason: ErrorReason,
+    stream_key: Arc<str>,
+    serialized: &[u8],
+    message: String,
+) -> EventVerdict {
+    let event = serde_json::from_slice(serialized).unwrap_or(Value::Null);
+    errored(reason, Some(stream_key), event, message)
 }
 
 /// EventGate's `eventRepr`: `event <meta.id> of schema at <uri> destined to stream <stream>`.

@@ -15,6 +15,7 @@
 //! 2xx before what was accepted is in the sink, or let request data reach a
 //! metric label.
 
+pub mod events;
 pub mod legacy;
 
 use std::net::{IpAddr, SocketAddr};
@@ -56,6 +57,7 @@ pub enum IntakeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Protocol {
     Beacon,
+    Events,
 }
 
 struct Route {
@@ -70,6 +72,7 @@ pub struct Intake<S> {
     unrouted: RouteCounters,
     gate: ClientGate,
     beacons: BeaconIntake<S>,
+    events: Option<events::EventIntake<S>>,
 }
 
 impl<S: MessageSink> Intake<S> {
@@ -91,7 +94,21 @@ impl<S: MessageSink> Intake<S> {
             unrouted: metrics.route("other"),
             gate: ClientGate::new(config, &metrics)?,
             beacons: BeaconIntake::new(config, sink, metrics),
+            events: None,
         })
+    }
+
+    /// Serves the Event Platform intake on `events.routes` too.
+    pub fn with_events(mut self, events: events::EventIntake<S>, metrics: &Metrics) -> Self {
+        for path in events.routes() {
+            self.routes.push(Route {
+                path: path.as_str().into(),
+                protocol: Protocol::Events,
+                counters: metrics.route(path),
+            });
+        }
+        self.events = Some(events);
+        self
     }
 
     /// Answers one HTTP request on the beacon listener.
@@ -105,8 +122,9 @@ impl<S: MessageSink> Intake<S> {
             self.unrouted.count(StatusCode::NOT_FOUND);
             return plain(StatusCode::NOT_FOUND, "not found\n");
         };
-        let response = match route.protocol {
-            Protocol::Beacon => self.beacons.respond(req, peer, &self.gate).await,
+        let response = match (route.protocol, &self.events) {
+            (Protocol::Events, Some(events)) => events.respond(req, peer, &self.gate).await,
+            _ => self.beacons.respond(req, peer, &self.gate).await,
         };
         route.counters.count(response.status());
         response
