@@ -399,3 +399,65 @@ pub async fn wait_http(addr: SocketAddr, path: &str, any_status: bool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The repository's root (for the schema fixtures and the dev stream config).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The schema repositories copied into the repository (real Wikimedia schemas).
+pub fn fixture_schema_repositories() -> Vec<std::path::PathBuf> {
+    let root = repo_root().join("tests/fixtures/event-schemas");
+    vec![
+        root.join("primary/jsonschema"),
+        root.join("secondary/jsonschema"),
+    ]
+}
+
+/// A test config with the events intake on, over `config/dev-streams.yaml`
+/// and the fixture schemas. Every stream's topic gets `topic_prefix` (unique
+/// per test, so tests sharing a broker do not see each other's events), the
+/// `eventlogging_` streams included (`unprefixed_streams` is emptied).
+pub fn events_config(brokers: &str, topic_prefix: &str) -> Config {
+    let mut c = test_config(brokers, &format!("{topic_prefix}beacons"));
+    c.events.stream_config = Some(repo_root().join("config/dev-streams.yaml"));
+    c.events.schema_repositories = fixture_schema_repositories();
+    c.events.topic_prefix = topic_prefix.into();
+    c.events.unprefixed_streams = Vec::new();
+    c
+}
+
+/// A topic prefix no other test uses, ending in `.`.
+pub fn unique_prefix(name: &str) -> String {
+    format!("{}.", unique_topic(name))
+}
+
+/// Creates the topics of `streams` (and the error stream's, and the beacon
+/// topic) under `topic_prefix`.
+pub async fn create_event_topics(brokers: &str, topic_prefix: &str, streams: &[&str]) {
+    create_topic(brokers, &format!("{topic_prefix}beacons"), 1).await;
+    create_topic(brokers, &format!("{topic_prefix}beacond.error.validation"), 1).await;
+    for s in streams {
+        create_topic(brokers, &format!("{topic_prefix}{s}"), 1).await;
+    }
+}
+
+/// One POST on a new connection, `Connection: close`.
+pub async fn post(
+    addr: SocketAddr,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut raw = format!(
+        "POST {target} HTTP/1.1\r\nHost: beacon.test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    for (k, v) in headers {
+        raw.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    raw.extend_from_slice(b"\r\n");
+    raw.extend_from_slice(body);
+    raw_request(addr, &raw).await.expect("request answered")
+}
