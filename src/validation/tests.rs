@@ -920,3 +920,119 @@ fn setup_errors() {
         Err(ValidatorSetupError::ErrorStreamTitle { .. })
     ));
 }
+
+mod properties {
+    //! Property tests: any JSON, alone or grafted into a realistic event,
+    //! gets a verdict without a panic, and boon agrees with every verdict
+    //! (the cross-checks of `run`).
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            (-1e12f64..1e12).prop_map(Value::from),
+            "[a-z]{0,8}".prop_map(Value::String),
+            "\\PC{0,12}".prop_map(Value::String),
+            Just(json!("2026-12-01T21:41:45.000Z")),
+            Just(json!("not a date")),
+            Just(json!("/test/event/1.0.0")),
+            Just(json!("test.event")),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec(
+                    (
+                        prop_oneof![
+                            Just("$schema".to_string()),
+                            Just("meta".to_string()),
+                            Just("stream".to_string()),
+                            Just("id".to_string()),
+                            Just("dt".to_string()),
+                            Just("http".to_string()),
+                            "[a-z_]{1,8}",
+                        ],
+                        inner
+                    ),
+                    0..5
+                )
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Dotted paths into the realistic events where a graft lands.
+    const PATHS: &[&str] = &[
+        "",
+        "$schema",
+        "meta",
+        "meta.stream",
+        "meta.id",
+        "meta.dt",
+        "meta.domain",
+        "dt",
+        "client_dt",
+        "http",
+        "http.client_ip",
+        "http.request_headers",
+        "event",
+        "event.action",
+        "event.responseStart",
+        "test",
+        "test_map",
+        "action",
+        "extra_field",
+    ];
+
+    fn graft(mut event: Value, path: &str, value: Value) -> Value {
+        if path.is_empty() {
+            return value;
+        }
+        let mut at = &mut event;
+        let parts: Vec<&str> = path.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let Value::Object(map) = at else {
+                return event;
+            };
+            if i + 1 == parts.len() {
+                map.insert((*part).to_string(), value);
+                return event;
+            }
+            at = map.entry((*part).to_string()).or_insert_with(|| json!({}));
+        }
+        event
+    }
+
+    fn bases() -> [Value; 4] {
+        [
+            nav(json!({})),
+            search(),
+            web_base("product_metrics.web_base"),
+            test_event(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_json_gets_a_verdict(value in arb_json()) {
+            run(&validator(), value, &ctx());
+        }
+
+        #[test]
+        fn grafts_into_real_events_get_verdicts_boon_agrees_with(
+            base in 0usize..4,
+            path in prop::sample::select(PATHS),
+            value in arb_json(),
+        ) {
+            let [a, b, c, d] = bases();
+            let event = graft([a, b, c, d][base].clone(), path, value);
+            run(&validator(), event, &ctx());
+        }
+    }
+}
