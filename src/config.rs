@@ -267,6 +267,9 @@ pub struct EventsConfig {
     /// Streams starting with one of these get no `topic_prefix` (EventGate's rule).
     pub unprefixed_streams: Vec<String>,
     pub max_body_bytes: usize,
+    /// Bytes of request bodies held at once (read, parsed, being validated);
+    /// beyond, requests get 503.
+    pub max_buffered_bytes: usize,
     pub max_events_per_request: usize,
     /// Origins answered with CORS headers; `"*"` for any; empty: none.
     pub cors_allowed_origins: Vec<String>,
@@ -284,6 +287,7 @@ impl Default for EventsConfig {
             topic_prefix: String::new(),
             unprefixed_streams: vec!["eventlogging_".into()],
             max_body_bytes: 262_144,
+            max_buffered_bytes: 64 << 20,
             max_events_per_request: 1000,
             cors_allowed_origins: Vec::new(),
             allow_absolute_schema_uris: false,
@@ -641,6 +645,14 @@ impl Config {
             return Err(invalid(
                 "events.max_body_bytes",
                 "must be between 2 and 16777216".into(),
+            ));
+        }
+        if events.max_buffered_bytes < events.max_body_bytes
+            || events.max_buffered_bytes > u32::MAX as usize
+        {
+            return Err(invalid(
+                "events.max_buffered_bytes",
+                "must be at least events.max_body_bytes and below 4 GiB".into(),
             ));
         }
         if !(1..=100_000).contains(&events.max_events_per_request) {

@@ -17,5 +17,11 @@ pub mod format;
 pub mod meta;
 #[path = "../../src/proxy_protocol.rs"]
 pub mod proxy_protocol;
+#[path = "../../src/schema_repository.rs"]
+pub mod schema_repository;
+#[path = "../../src/stream_config.rs"]
+pub mod stream_config;
 #[path = "../../src/testing.rs"]
 pub mod testing;
+#[path = "../../src/validation.rs"]
+pub mod validation;

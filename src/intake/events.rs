@@ -45,6 +45,9 @@ use crate::validation::{
 
 const ALLOWED_METHODS: &str = "POST, OPTIONS";
 const CORS_ALLOW_HEADERS: &str = "accept, x-requested-with, content-type";
+/// Events validated per turn of the runtime before yielding.
+const EVENTS_PER_TURN: usize = 64;
+
 /// What librdkafka may add to a message's size before `message.max.bytes`.
 const MESSAGE_OVERHEAD: usize = 512;
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -351,6 +354,8 @@ pub struct EventIntake<S> {
     rules: Arc<ArcSwap<EventRules>>,
     sink: Arc<S>,
     metrics: EventMetrics,
+    /// Bytes of request bodies being read or processed at once.
+    body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// The rules of a running events intake, for reloads ([`EventIntake::rules_slot`]).
@@ -429,6 +434,7 @@ impl<S: MessageSink> EventIntake<S> {
             rules: Arc::new(ArcSwap::from_pointee(rules)),
             sink,
             metrics: event_metrics,
+            body_budget: Arc::new(tokio::sync::Semaphore::new(events.max_buffered_bytes)),
         }
     }
 
@@ -503,6 +509,17 @@ impl<S: MessageSink> EventIntake<S> {
                 })
             }
         };
+        // Bodies held at once are capped in bytes (`events.max_buffered_bytes`):
+        // the announced length, or the cap when it is not announced.
+        let want = body
+            .size_hint()
+            .upper()
+            .unwrap_or(self.limits.max_body_bytes as u64)
+            .min(self.limits.max_body_bytes as u64) as u32;
+        let Ok(budget) = self.body_budget.clone().try_acquire_many_owned(want.max(1)) else {
+            self.metrics.refused.inc(RefusalReason::BodyBudget);
+            return overloaded();
+        };
         let body = match read_body(body, self.limits.max_body_bytes, self.limits.body_timeout).await
         {
             Ok(body) => body,
@@ -527,13 +544,23 @@ impl<S: MessageSink> EventIntake<S> {
                 .filter(|s| !s.is_empty()),
             client_ip: Some(client_ip),
         };
-        let (tally, pending) = match self.hand_off(events, &ctx) {
-            Ok(handed) => handed,
-            Err(e) => {
+        // Long arrays are handed over a slice at a time, yielding between,
+        // so one request does not hold a runtime thread for long.
+        let rules = self.rules.load_full();
+        let mut tally = Tally::default();
+        let mut pending = Vec::new();
+        let mut events = events.into_iter();
+        while events.len() > 0 {
+            let turn = events.by_ref().take(EVENTS_PER_TURN);
+            if let Err(e) = self.hand_off(&rules, turn, &ctx, &mut tally, &mut pending) {
                 self.metrics.refused.inc(RefusalReason::from(&e));
                 return overloaded();
             }
-        };
+            if events.len() > 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(budget);
         for reply in pending {
             if let Err(e) = spooled(reply).await {
                 self.metrics.refused.inc(RefusalReason::from(&e));
@@ -553,16 +580,16 @@ impl<S: MessageSink> EventIntake<S> {
     }
 
     /// The synchronous part: each event through the rules and into the
-    /// sink. Returns the spool replies to await; stops at the first valid
-    /// event the sink refuses (the request is then answered 503).
+    /// sink; the spool replies to await go to `pending`. Stops at the first
+    /// valid event the sink refuses (the request is then answered 503).
     fn hand_off(
         &self,
-        events: Vec<serde_json::Value>,
+        rules: &EventRules,
+        events: impl Iterator<Item = serde_json::Value>,
         ctx: &EventContext<'_>,
-    ) -> Result<(Tally, Vec<crate::spool::AppendReply>), EnqueueError> {
-        let rules = self.rules.load();
-        let mut tally = Tally::default();
-        let mut pending = Vec::new();
+        tally: &mut Tally,
+        pending: &mut Vec<crate::spool::AppendReply>,
+    ) -> Result<(), EnqueueError> {
         let mut out = Vec::with_capacity(1024);
         for event in events {
             out.clear();
@@ -629,7 +656,7 @@ impl<S: MessageSink> EventIntake<S> {
                 }
             }
         }
-        Ok((tally, pending))
+        Ok(())
     }
 
     /// Whether a valid event can be produced at all: its topic exists (as

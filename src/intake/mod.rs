@@ -244,6 +244,8 @@ pub enum RefusalReason {
     SpoolError,
     UnknownTopic,
     InvalidMessage,
+    /// `events.max_buffered_bytes` of request bodies were held already.
+    BodyBudget,
 }
 
 impl LabelSet for RefusalReason {
@@ -256,6 +258,7 @@ impl LabelSet for RefusalReason {
         RefusalReason::SpoolError,
         RefusalReason::UnknownTopic,
         RefusalReason::InvalidMessage,
+        RefusalReason::BodyBudget,
     ];
     fn as_str(self) -> &'static str {
         match self {
@@ -266,6 +269,7 @@ impl LabelSet for RefusalReason {
             RefusalReason::SpoolError => "spool_error",
             RefusalReason::UnknownTopic => "unknown_topic",
             RefusalReason::InvalidMessage => "invalid_message",
+            RefusalReason::BodyBudget => "body_budget",
         }
     }
 }
