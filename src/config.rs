@@ -435,11 +435,7 @@ impl Config {
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
-            path: origin.to_string(),
-            key,
-            message,
-        };
+        let invalid = |key: &'static str, message: String| invalid(origin, key, message);
         let spool = &self.spool;
         if spool.enabled {
             if spool.dir.as_os_str().is_empty() {
@@ -469,12 +465,7 @@ impl Config {
             ));
         }
         for route in &http.routes {
-            if !route.starts_with('/') || route.contains('?') {
-                return Err(invalid(
-                    "http.routes",
-                    format!("{route:?} must be a path starting with `/`"),
-                ));
-            }
+            check_route(route).map_err(|m| invalid("http.routes", m))?;
         }
         if !(16..=1 << 20).contains(&http.max_query_bytes) {
             return Err(invalid(
@@ -585,19 +576,10 @@ impl Config {
 
     /// `output.hostname`, or the machine's FQDN when unset.
     fn validate_events(&self, origin: &str) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
-            path: origin.to_string(),
-            key,
-            message,
-        };
+        let invalid = |key: &'static str, message: String| invalid(origin, key, message);
         let events = &self.events;
         for route in &events.routes {
-            if !route.starts_with('/') || route.contains('?') {
-                return Err(invalid(
-                    "events.routes",
-                    format!("{route:?} must be a path starting with `/`"),
-                ));
-            }
+            check_route(route).map_err(|m| invalid("events.routes", m))?;
             if events.enabled() && self.http.routes.contains(route) {
                 return Err(invalid(
                     "events.routes",
@@ -636,11 +618,11 @@ impl Config {
         } else {
             format!("{}{}", events.topic_prefix, events.error_stream())
         };
-        check_topic_name(&error_topic).map_err(|m| invalid("events.error_stream", m))?;
         if !events.topic_prefix.is_empty() {
             check_topic_name(&events.topic_prefix)
                 .map_err(|m| invalid("events.topic_prefix", m))?;
         }
+        check_topic_name(&error_topic).map_err(|m| invalid("events.error_stream", m))?;
         if !(2..=1 << 24).contains(&events.max_body_bytes) {
             return Err(invalid(
                 "events.max_body_bytes",
@@ -734,6 +716,22 @@ impl Config {
             }
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn invalid(origin: &str, key: &'static str, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        path: origin.to_string(),
+        key,
+        message,
+    }
+}
+
+fn check_route(route: &str) -> Result<(), String> {
+    if route.starts_with('/') && !route.contains('?') {
+        Ok(())
+    } else {
+        Err(format!("{route:?} must be a path starting with `/`"))
     }
 }
 
@@ -871,6 +869,46 @@ mod tests {
             let msg = Config::parse(text, "f").unwrap_err().to_string();
             assert!(msg.contains(key), "{msg}");
         }
+    }
+
+    #[test]
+    fn events_keys_are_validated() {
+        let c = Config::parse("", "f").unwrap();
+        assert!(!c.events.enabled());
+        assert_eq!(c.events.error_stream(), "beacond.error.validation");
+        let on = "[events]\nstream_config = \"s.yaml\"\nschema_repositories = [\"d\"]\n";
+        let c = Config::parse(&format!("{on}service_name = \"eg\"\n"), "f").unwrap();
+        assert!(c.events.enabled());
+        assert_eq!(c.events.error_stream(), "eg.error.validation");
+        for (extra, key) in [
+            ("routes = [\"v1/events\"]\n", "events.routes"),
+            ("routes = [\"/beacon/event\"]\n", "events.routes"),
+            ("routes = []\n", "events.routes"),
+            ("service_name = \"a b\"\n", "events.service_name"),
+            ("error_stream = \"bad stream\"\n", "events.error_stream"),
+            ("topic_prefix = \"eq iad.\"\n", "events.topic_prefix"),
+            ("max_body_bytes = 1\n", "events.max_body_bytes"),
+            (
+                "max_events_per_request = 0\n",
+                "events.max_events_per_request",
+            ),
+            ("max_buffered_bytes = 1024\n", "events.max_buffered_bytes"),
+            (
+                "cors_allowed_origins = [\"bad\\norigin\"]\n",
+                "events.cors_allowed_origins",
+            ),
+            ("schema_repositories = []\n", "events.schema_repositories"),
+            ("lisen = 1\n", "lisen"),
+        ] {
+            let text = format!("{on}{extra}").replace(
+                "schema_repositories = [\"d\"]\nschema_repositories = []",
+                "schema_repositories = []",
+            );
+            let msg = Config::parse(&text, "f").unwrap_err().to_string();
+            assert!(msg.contains(key), "{extra}: {msg}");
+        }
+        // Without stream_config the intake is off: its other keys need not be set.
+        assert!(Config::parse("[events]\nroutes = [\"/beacon/event\"]\n", "f").is_ok());
     }
 
     #[test]
