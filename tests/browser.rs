@@ -26,8 +26,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -313,29 +312,52 @@ async fn answer(
     s.shutdown().await
 }
 
-/// Where the test is, for its log and for the watchdog.
-static STEP: Mutex<&str> = Mutex::new("starting");
-/// The process group of the running Chromium (0: none), for the watchdog.
-static BROWSER_GROUP: AtomicU32 = AtomicU32::new(0);
+/// The process groups of the running Chromiums, for the watchdogs (the
+/// tests of this file run in parallel, each with its own browser).
+static BROWSER_GROUPS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
-fn step(started: Instant, name: &'static str) {
-    eprintln!("[browser test +{:.1?}] {name}", started.elapsed());
-    *STEP.lock().unwrap_or_else(|e| e.into_inner()) = name;
+fn browser_groups() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    BROWSER_GROUPS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Fails the test (and kills Chromium) if it runs past `budget`, even if it
-/// is stuck where no timeout reaches.
-fn watchdog(budget: Duration) {
-    std::thread::spawn(move || {
-        std::thread::sleep(budget);
-        let at = *STEP.lock().unwrap_or_else(|e| e.into_inner());
-        eprintln!("browser test: still running after {budget:?}, at step {at:?}: giving up");
-        let group = BROWSER_GROUP.load(Ordering::SeqCst);
-        if group != 0 {
-            kill_group(group, "KILL");
+/// One test's progress, for its log and for its watchdog.
+struct Watch {
+    test: &'static str,
+    started: Instant,
+    at: Arc<Mutex<&'static str>>,
+}
+
+impl Watch {
+    /// Starts the clock and a watchdog that fails the test (and kills every
+    /// Chromium) if it runs past `budget`, even if it is stuck where no
+    /// timeout reaches.
+    fn start(test: &'static str, budget: Duration) -> Watch {
+        let at = Arc::new(Mutex::new("starting"));
+        let seen = at.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(budget);
+            let at = *seen.lock().unwrap_or_else(|e| e.into_inner());
+            eprintln!("{test}: still running after {budget:?}, at step {at:?}: giving up");
+            for group in browser_groups().iter() {
+                kill_group(*group, "KILL");
+            }
+            std::process::exit(101);
+        });
+        Watch {
+            test,
+            started: Instant::now(),
+            at,
         }
-        std::process::exit(101);
-    });
+    }
+
+    fn step(&self, name: &'static str) {
+        eprintln!("[{} +{:.1?}] {name}", self.test, self.started.elapsed());
+        *self.at.lock().unwrap_or_else(|e| e.into_inner()) = name;
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
 }
 
 fn kill_group(group: u32, signal: &str) {
@@ -417,7 +439,7 @@ impl Browser {
             .process_group(0)
             .spawn()
             .expect("start chromium");
-        BROWSER_GROUP.store(child.id(), Ordering::SeqCst);
+        browser_groups().push(child.id());
         Browser { child, dir }
     }
 
@@ -461,7 +483,7 @@ impl Drop for Browser {
         kill_group(group, "KILL");
         let _ = self.child.kill();
         let _ = self.child.wait();
-        BROWSER_GROUP.store(0, Ordering::SeqCst);
+        browser_groups().retain(|g| *g != group);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -493,6 +515,28 @@ async fn page_report(
         panic!("script error on the page: {e}");
     }
     (ua, v)
+}
+
+/// Reads `topic` from the beginning until `expected` messages arrived (then
+/// 2 s more for any extra), or [`KAFKA_TIMEOUT`]. On a plain thread, not
+/// `spawn_blocking`: a consumer stuck in librdkafka then fails the test
+/// instead of holding up the runtime's shutdown.
+async fn read_topic(brokers: &str, topic: &str, expected: usize) -> Vec<Received> {
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(consume(
+            &brokers,
+            &topic,
+            expected,
+            KAFKA_TIMEOUT,
+            Duration::from_secs(2),
+        ));
+    });
+    tokio::time::timeout(KAFKA_TIMEOUT + Duration::from_secs(15), rx)
+        .await
+        .expect("the Kafka consumer returns in time")
+        .expect("the Kafka consumer does not panic")
 }
 
 /// A beacon in the varnishkafka format: the id in its event, the decoded capsule, the user agent.
@@ -545,21 +589,20 @@ fn parse_json(payload: &[u8]) -> (String, Value, String) {
 async fn chromium_beacons_reach_kafka_exactly_once() {
     let Some(brokers) = broker() else { return };
     ensure_chromium();
-    let started = Instant::now();
-    watchdog(TEST_BUDGET);
-    step(started, "creating topics");
+    let watch = Watch::start("browser beacons", TEST_BUDGET);
+    watch.step("creating topics");
 
     // Two collectors, one per output format, each on its own topic.
     let vk_topic = unique_topic("browser-vk");
     let json_topic = unique_topic("browser-json");
     create_topic(&brokers, &vk_topic, 2).await;
     create_topic(&brokers, &json_topic, 1).await;
-    step(started, "starting the collectors");
+    watch.step("starting the collectors");
     let vk = Running::start(test_config(&brokers, &vk_topic)).await;
     let mut json_config = test_config(&brokers, &json_topic);
     json_config.output.format = beacond::format::OutputFormat::Json;
     let js = Running::start(json_config).await;
-    step(started, "waiting for readiness");
+    watch.step("waiting for readiness");
     vk.wait_ready().await;
     js.wait_ready().await;
     let base = |a: SocketAddr| format!("http://{a}/beacon/event");
@@ -576,10 +619,10 @@ async fn chromium_beacons_reach_kafka_exactly_once() {
     let (tx, mut reports) = mpsc::unbounded_channel();
     let server = tokio::spawn(serve_page(listener, page(&bases, &planned), tx));
 
-    step(started, "chromium loads the page and sends");
+    watch.step("chromium loads the page and sends");
     let mut browser = Browser::launch(&format!("http://{page_addr}/"));
     let (report_ua, report) = page_report(&mut reports, &mut browser).await;
-    let sent_at = started.elapsed();
+    let sent_at = watch.elapsed();
 
     // What the page did, per beacon: every URL as long as computed here
     // (the near-limit ones exactly 2000 to the longest base), none refused,
@@ -622,38 +665,16 @@ async fn chromium_beacons_reach_kafka_exactly_once() {
     // Kafka: each event exactly once per collector, decoding to the object
     // the page sent, with Chromium's user agent. The browser stays up until
     // then, so no beacon is cut off by its exit.
-    step(started, "reading Kafka");
-    // On plain threads, not `spawn_blocking`: a consumer stuck in librdkafka
-    // then fails the test instead of holding up the runtime's shutdown.
-    let consume_topic = |topic: String| {
-        let brokers = brokers.clone();
-        let n = planned.len();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(consume(
-                &brokers,
-                &topic,
-                n,
-                KAFKA_TIMEOUT,
-                Duration::from_secs(2),
-            ));
-        });
-        async move {
-            tokio::time::timeout(KAFKA_TIMEOUT + Duration::from_secs(15), rx)
-                .await
-                .expect("the Kafka consumer returns in time")
-                .expect("the Kafka consumer does not panic")
-        }
-    };
+    watch.step("reading Kafka");
     let (vk_msgs, json_msgs) = tokio::join!(
-        consume_topic(vk_topic.clone()),
-        consume_topic(json_topic.clone())
+        read_topic(&brokers, &vk_topic, planned.len()),
+        read_topic(&brokers, &json_topic, planned.len())
     );
-    let in_kafka_at = started.elapsed();
-    step(started, "stopping chromium");
+    let in_kafka_at = watch.elapsed();
+    watch.step("stopping chromium");
     drop(browser);
     server.abort();
-    step(started, "checking");
+    watch.step("checking");
 
     for (name, msgs, parse) in [
         (
@@ -705,8 +726,8 @@ async fn chromium_beacons_reach_kafka_exactly_once() {
         "{} beacons per collector from {page_ua}: page done at {sent_at:.1?}, all in Kafka at {in_kafka_at:.1?}",
         planned.len()
     );
-    step(started, "stopping the collectors");
+    watch.step("stopping the collectors");
     vk.stop().await;
     js.stop().await;
-    step(started, "done");
+    watch.step("done");
 }
