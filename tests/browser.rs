@@ -16,18 +16,31 @@
 //! `navigator.userAgent`. Chromium keeps running until Kafka holds every
 //! event, so no beacon is cut off by the browser exiting.
 //!
+//! A second test does the same for the Event Platform intake
+//! (`POST /v1/events`): a page on one origin (a loopback port of its own)
+//! sends real events (NavigationTiming 1.6.0, analytics/test 1.0.0,
+//! test/event 1.0.0, Metrics Platform web base 1.3.0 in an array) to beacond
+//! on another origin, each request both by `navigator.sendBeacon(url,
+//! JSON.stringify(body))` and by a keepalive `fetch` with `Content-Type:
+//! application/json` (preflighted). Each event is read back from Kafka once,
+//! valid to the independent `boon` validator, with what beacond fills in
+//! (`http.client_ip`, the browser's user agent, times, defaults) where its
+//! schema defines it. A second beacond that does not allow the page's origin
+//! is the control: the browser refuses to send the POST after its preflight.
+//!
 //! Needs `/usr/bin/chromium` (Debian's `chromium`); where it is missing the
 //! test runs `scripts/install-deps chromium`. Skipped without a broker, like
 //! the other end-to-end tests (see `tests/common/mod.rs`).
 
 mod common;
+#[path = "../src/crosscheck.rs"]
+mod crosscheck;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -313,29 +326,52 @@ async fn answer(
     s.shutdown().await
 }
 
-/// Where the test is, for its log and for the watchdog.
-static STEP: Mutex<&str> = Mutex::new("starting");
-/// The process group of the running Chromium (0: none), for the watchdog.
-static BROWSER_GROUP: AtomicU32 = AtomicU32::new(0);
+/// The process groups of the running Chromiums, for the watchdogs (the
+/// tests of this file run in parallel, each with its own browser).
+static BROWSER_GROUPS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
-fn step(started: Instant, name: &'static str) {
-    eprintln!("[browser test +{:.1?}] {name}", started.elapsed());
-    *STEP.lock().unwrap_or_else(|e| e.into_inner()) = name;
+fn browser_groups() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    BROWSER_GROUPS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Fails the test (and kills Chromium) if it runs past `budget`, even if it
-/// is stuck where no timeout reaches.
-fn watchdog(budget: Duration) {
-    std::thread::spawn(move || {
-        std::thread::sleep(budget);
-        let at = *STEP.lock().unwrap_or_else(|e| e.into_inner());
-        eprintln!("browser test: still running after {budget:?}, at step {at:?}: giving up");
-        let group = BROWSER_GROUP.load(Ordering::SeqCst);
-        if group != 0 {
-            kill_group(group, "KILL");
+/// One test's progress, for its log and for its watchdog.
+struct Watch {
+    test: &'static str,
+    started: Instant,
+    at: Arc<Mutex<&'static str>>,
+}
+
+impl Watch {
+    /// Starts the clock and a watchdog that fails the test (and kills every
+    /// Chromium) if it runs past `budget`, even if it is stuck where no
+    /// timeout reaches.
+    fn start(test: &'static str, budget: Duration) -> Watch {
+        let at = Arc::new(Mutex::new("starting"));
+        let seen = at.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(budget);
+            let at = *seen.lock().unwrap_or_else(|e| e.into_inner());
+            eprintln!("{test}: still running after {budget:?}, at step {at:?}: giving up");
+            for group in browser_groups().iter() {
+                kill_group(*group, "KILL");
+            }
+            std::process::exit(101);
+        });
+        Watch {
+            test,
+            started: Instant::now(),
+            at,
         }
-        std::process::exit(101);
-    });
+    }
+
+    fn step(&self, name: &'static str) {
+        eprintln!("[{} +{:.1?}] {name}", self.test, self.started.elapsed());
+        *self.at.lock().unwrap_or_else(|e| e.into_inner()) = name;
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
 }
 
 fn kill_group(group: u32, signal: &str) {
@@ -417,7 +453,7 @@ impl Browser {
             .process_group(0)
             .spawn()
             .expect("start chromium");
-        BROWSER_GROUP.store(child.id(), Ordering::SeqCst);
+        browser_groups().push(child.id());
         Browser { child, dir }
     }
 
@@ -461,7 +497,7 @@ impl Drop for Browser {
         kill_group(group, "KILL");
         let _ = self.child.kill();
         let _ = self.child.wait();
-        BROWSER_GROUP.store(0, Ordering::SeqCst);
+        browser_groups().retain(|g| *g != group);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -493,6 +529,28 @@ async fn page_report(
         panic!("script error on the page: {e}");
     }
     (ua, v)
+}
+
+/// Reads `topic` from the beginning until `expected` messages arrived (then
+/// 2 s more for any extra), or [`KAFKA_TIMEOUT`]. On a plain thread, not
+/// `spawn_blocking`: a consumer stuck in librdkafka then fails the test
+/// instead of holding up the runtime's shutdown.
+async fn read_topic(brokers: &str, topic: &str, expected: usize) -> Vec<Received> {
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(consume(
+            &brokers,
+            &topic,
+            expected,
+            KAFKA_TIMEOUT,
+            Duration::from_secs(2),
+        ));
+    });
+    tokio::time::timeout(KAFKA_TIMEOUT + Duration::from_secs(15), rx)
+        .await
+        .expect("the Kafka consumer returns in time")
+        .expect("the Kafka consumer does not panic")
 }
 
 /// A beacon in the varnishkafka format: the id in its event, the decoded capsule, the user agent.
@@ -545,21 +603,20 @@ fn parse_json(payload: &[u8]) -> (String, Value, String) {
 async fn chromium_beacons_reach_kafka_exactly_once() {
     let Some(brokers) = broker() else { return };
     ensure_chromium();
-    let started = Instant::now();
-    watchdog(TEST_BUDGET);
-    step(started, "creating topics");
+    let watch = Watch::start("browser beacons", TEST_BUDGET);
+    watch.step("creating topics");
 
     // Two collectors, one per output format, each on its own topic.
     let vk_topic = unique_topic("browser-vk");
     let json_topic = unique_topic("browser-json");
     create_topic(&brokers, &vk_topic, 2).await;
     create_topic(&brokers, &json_topic, 1).await;
-    step(started, "starting the collectors");
+    watch.step("starting the collectors");
     let vk = Running::start(test_config(&brokers, &vk_topic)).await;
     let mut json_config = test_config(&brokers, &json_topic);
     json_config.output.format = beacond::format::OutputFormat::Json;
     let js = Running::start(json_config).await;
-    step(started, "waiting for readiness");
+    watch.step("waiting for readiness");
     vk.wait_ready().await;
     js.wait_ready().await;
     let base = |a: SocketAddr| format!("http://{a}/beacon/event");
@@ -576,10 +633,10 @@ async fn chromium_beacons_reach_kafka_exactly_once() {
     let (tx, mut reports) = mpsc::unbounded_channel();
     let server = tokio::spawn(serve_page(listener, page(&bases, &planned), tx));
 
-    step(started, "chromium loads the page and sends");
+    watch.step("chromium loads the page and sends");
     let mut browser = Browser::launch(&format!("http://{page_addr}/"));
     let (report_ua, report) = page_report(&mut reports, &mut browser).await;
-    let sent_at = started.elapsed();
+    let sent_at = watch.elapsed();
 
     // What the page did, per beacon: every URL as long as computed here
     // (the near-limit ones exactly 2000 to the longest base), none refused,
@@ -622,38 +679,16 @@ async fn chromium_beacons_reach_kafka_exactly_once() {
     // Kafka: each event exactly once per collector, decoding to the object
     // the page sent, with Chromium's user agent. The browser stays up until
     // then, so no beacon is cut off by its exit.
-    step(started, "reading Kafka");
-    // On plain threads, not `spawn_blocking`: a consumer stuck in librdkafka
-    // then fails the test instead of holding up the runtime's shutdown.
-    let consume_topic = |topic: String| {
-        let brokers = brokers.clone();
-        let n = planned.len();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(consume(
-                &brokers,
-                &topic,
-                n,
-                KAFKA_TIMEOUT,
-                Duration::from_secs(2),
-            ));
-        });
-        async move {
-            tokio::time::timeout(KAFKA_TIMEOUT + Duration::from_secs(15), rx)
-                .await
-                .expect("the Kafka consumer returns in time")
-                .expect("the Kafka consumer does not panic")
-        }
-    };
+    watch.step("reading Kafka");
     let (vk_msgs, json_msgs) = tokio::join!(
-        consume_topic(vk_topic.clone()),
-        consume_topic(json_topic.clone())
+        read_topic(&brokers, &vk_topic, planned.len()),
+        read_topic(&brokers, &json_topic, planned.len())
     );
-    let in_kafka_at = started.elapsed();
-    step(started, "stopping chromium");
+    let in_kafka_at = watch.elapsed();
+    watch.step("stopping chromium");
     drop(browser);
     server.abort();
-    step(started, "checking");
+    watch.step("checking");
 
     for (name, msgs, parse) in [
         (
@@ -705,8 +740,573 @@ async fn chromium_beacons_reach_kafka_exactly_once() {
         "{} beacons per collector from {page_ua}: page done at {sent_at:.1?}, all in Kafka at {in_kafka_at:.1?}",
         planned.len()
     );
-    step(started, "stopping the collectors");
+    watch.step("stopping the collectors");
     vk.stop().await;
     js.stop().await;
-    step(started, "done");
+    watch.step("done");
+}
+
+// ---------------------------------------------------------------------------
+// The Event Platform intake (`POST /v1/events`) from a real browser.
+
+/// The stream config's streams the events page sends to.
+const EVENT_STREAMS: [&str; 4] = [
+    "eventlogging_NavigationTiming",
+    "analytics.test",
+    "test.event",
+    "product_metrics.web_base",
+];
+/// A fixed client-side time (`client_dt`, Metrics Platform's `dt`).
+const CLIENT_DT: &str = "2026-12-01T21:41:46.123Z";
+
+/// What beacond must fill in, by what the event's schema defines.
+#[derive(Debug, Clone, Copy)]
+struct Fills {
+    /// Top-level `dt` (receive time): `analytics/legacy/*` schemas only.
+    dt: bool,
+    /// `http.request_headers["user-agent"]`.
+    user_agent: bool,
+    /// `http.client_ip`.
+    client_ip: bool,
+    /// test/event's `test` property, `default: default value`.
+    test_default: bool,
+}
+
+/// One event the page sends, as the test builds it.
+#[derive(Debug, Clone)]
+struct PlannedEvent {
+    id: String,
+    stream: &'static str,
+    schema: &'static str,
+    sent: Value,
+    fills: Fills,
+}
+
+/// One request the page makes: `how` is `beacon` (sendBeacon, a string body:
+/// `text/plain;charset=UTF-8`, no preflight) or `fetch` (keepalive,
+/// `application/json`: preflighted).
+#[derive(Debug, Clone)]
+struct PlannedSend {
+    name: String,
+    how: &'static str,
+    hasty: bool,
+    /// One event (sent as an object) or several (sent as an array).
+    events: Vec<PlannedEvent>,
+}
+
+impl PlannedSend {
+    fn body(&self) -> Value {
+        match self.events.as_slice() {
+            [one] if !self.name.contains("array") => one.sent.clone(),
+            many => Value::Array(many.iter().map(|e| e.sent.clone()).collect()),
+        }
+    }
+}
+
+/// NavigationTiming as `mw.eventLog.submit` sends it (EventLogging's legacy
+/// capsule fields at the top level, `client_dt`, no `meta.dt`).
+fn navigation_timing(id: &str) -> PlannedEvent {
+    PlannedEvent {
+        id: id.into(),
+        stream: "eventlogging_NavigationTiming",
+        schema: "/analytics/legacy/navigationtiming/1.6.0",
+        sent: json!({
+            "$schema": "/analytics/legacy/navigationtiming/1.6.0",
+            "meta": {"stream": "eventlogging_NavigationTiming", "domain": "test.wikipedia.org", "id": id},
+            "client_dt": CLIENT_DT,
+            "schema": "NavigationTiming",
+            "webHost": "test.wikipedia.org",
+            "wiki": "testwiki",
+            "event": {
+                "isAnon": true, "isOversample": false, "action": "view", "namespaceId": 0,
+                "revId": 1_234_567, "mediaWikiVersion": "1.44.0-wmf.5", "skin": "vector-2022",
+                "responseStart": 213, "domInteractive": 480, "domComplete": 912,
+                "loadEventStart": 915, "loadEventEnd": 930, "firstPaint": 301,
+                "firstContentfulPaint": 301, "largestContentfulPaint": 640,
+                "cumulativeLayoutShift": 0.0123, "transferSize": 45_231,
+                "netinfoEffectiveConnectionType": "4g", "pageviewToken": "2d1c0fa9e3b8a7c65f41"
+            }
+        }),
+        fills: Fills {
+            dt: true,
+            user_agent: true,
+            client_ip: true,
+            test_default: false,
+        },
+    }
+}
+
+fn analytics_test(id: &str) -> PlannedEvent {
+    PlannedEvent {
+        id: id.into(),
+        stream: "analytics.test",
+        schema: "/analytics/test/1.0.0",
+        sent: json!({
+            "$schema": "/analytics/test/1.0.0",
+            "meta": {"stream": "analytics.test", "domain": "test.wikipedia.org", "id": id},
+            "client_dt": CLIENT_DT,
+            "web_session_id": "0123456789abcdefghij",
+            "web_pageview_id": "klmnopqrst0123456789",
+            "test_string": "Déjà vu — 日本語 😀 \"quoted\" <b>",
+        }),
+        fills: Fills {
+            dt: false,
+            user_agent: true,
+            client_ip: true,
+            test_default: false,
+        },
+    }
+}
+
+/// test/event defines no `http` (nothing of the request is filled in) and a
+/// default for `test`, which the event leaves out.
+fn test_event(id: &str) -> PlannedEvent {
+    PlannedEvent {
+        id: id.into(),
+        stream: "test.event",
+        schema: "/test/event/1.0.0",
+        sent: json!({
+            "$schema": "/test/event/1.0.0",
+            "meta": {"stream": "test.event", "domain": "test.wikipedia.org", "id": id},
+            "test_map": {"browser": "chromium", "unicode": "Ünïcödé 👨‍👩‍👧‍👦"},
+        }),
+        fills: Fills {
+            dt: false,
+            user_agent: false,
+            client_ip: false,
+            test_default: true,
+        },
+    }
+}
+
+/// A Metrics Platform web base event. web/base 1.3.0 defines
+/// `http.request_headers` but not `http.client_ip`.
+fn web_base(id: &str, action: &str) -> PlannedEvent {
+    PlannedEvent {
+        id: id.into(),
+        stream: "product_metrics.web_base",
+        schema: "/analytics/product_metrics/web/base/1.3.0",
+        sent: json!({
+            "$schema": "/analytics/product_metrics/web/base/1.3.0",
+            "meta": {"stream": "product_metrics.web_base", "domain": "test.wikipedia.org", "id": id},
+            "dt": CLIENT_DT,
+            "action": action,
+            "action_source": "toc",
+            "element_id": "toc-Early_life",
+            "instrument_name": "TableOfContents",
+            "agent": {"client_platform": "mediawiki_js", "client_platform_family": "desktop_browser"},
+            "page": {"id": 12_345, "title": "Ünïcödé_page", "namespace_id": 0, "revision_id": 987_654},
+            "mediawiki": {"database": "testwiki", "skin": "vector-2022", "version": "1.44.0-wmf.5"},
+            "performer": {
+                "is_logged_in": false,
+                "active_browsing_session_token": "abcdefghij0123456789",
+                "pageview_id": "9876543210zyxwvutsrq"
+            }
+        }),
+        fills: Fills {
+            dt: false,
+            user_agent: true,
+            client_ip: false,
+            test_default: false,
+        },
+    }
+}
+
+/// The requests: the same mix by sendBeacon (hasty, as EventLogging and
+/// Metrics Platform send) and by fetch (three waiting for 201, one hasty).
+fn plan_events(run: &str) -> Vec<PlannedSend> {
+    let mut sends = Vec::new();
+    for how in ["beacon", "fetch"] {
+        let id = |what: &str| format!("{run}-{how}-{what}");
+        let hasty = how == "beacon";
+        let mut send = |name: &str, hasty: bool, events: Vec<PlannedEvent>| {
+            sends.push(PlannedSend {
+                name: format!("{how}-{name}"),
+                how,
+                hasty,
+                events,
+            })
+        };
+        send(
+            "navtiming",
+            hasty,
+            vec![navigation_timing(&id("navtiming"))],
+        );
+        send(
+            "analytics-test",
+            hasty,
+            vec![analytics_test(&id("analytics-test"))],
+        );
+        send(
+            "web-base-array",
+            hasty,
+            vec![
+                web_base(&id("web-base-0"), "init"),
+                web_base(&id("web-base-1"), "click"),
+                test_event(&id("array-test-event")),
+            ],
+        );
+        send("test-event", true, vec![test_event(&id("test-event"))]);
+    }
+    sends
+}
+
+/// The events page: sends every beacon, then every fetch one after the
+/// other (each awaited, so the preflight cache sees them in order), and
+/// reports what each returned: `sendBeacon`'s boolean; the fetch's status,
+/// `ok` and response type (readable only if beacond's CORS headers allowed
+/// it; otherwise the fetch rejects with a TypeError, reported as `error`).
+/// Last, the control: the same fetch of `denied_event` to `denied_endpoint`,
+/// a beacond that does not list the page's origin.
+fn events_page(
+    endpoint: &str,
+    sends: &[PlannedSend],
+    denied_endpoint: &str,
+    denied_event: &PlannedEvent,
+) -> String {
+    let sends: Vec<Value> = sends
+        .iter()
+        .map(|s| {
+            let url = if s.hasty {
+                format!("{endpoint}?hasty=true")
+            } else {
+                endpoint.to_string()
+            };
+            json!({"name": s.name, "how": s.how, "url": url, "body": s.body()})
+        })
+        .collect();
+    let script_json = |v: &Value| v.to_string().replace('<', "\\u003c");
+    format!(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>beacond events browser test</title></head>
+<body><p id="status">sending</p>
+<script>
+function report(body) {{
+  fetch('/report', {{ method: 'POST', headers: {{ 'Content-Type': 'application/json' }}, body: JSON.stringify(body) }});
+}}
+window.addEventListener('error', (e) => report({{ error: String(e.message) + ' at line ' + e.lineno }}));
+window.addEventListener('unhandledrejection', (e) => report({{ error: 'unhandled rejection: ' + String(e.reason) }}));
+</script>
+<script>
+"use strict";
+const SENDS = {sends};
+const DENIED = {denied};
+(async () => {{
+  const results = [];
+  for (const s of SENDS.filter((s) => s.how === 'beacon')) {{
+    // As mw.eventLog.submit and Metrics Platform send.
+    results.push({{ name: s.name, queued: navigator.sendBeacon(s.url, JSON.stringify(s.body)) }});
+  }}
+  for (const s of SENDS.filter((s) => s.how === 'fetch').concat([DENIED])) {{
+    const r = {{ name: s.name }};
+    results.push(r);
+    try {{
+      const response = await fetch(s.url, {{
+        method: 'POST',
+        keepalive: true,
+        headers: {{ 'Content-Type': 'application/json' }},
+        body: JSON.stringify(s.body),
+      }});
+      r.status = response.status;
+      r.ok = response.ok;
+      r.type = response.type;
+      r.body = await response.text();
+    }} catch (e) {{
+      r.error = String(e);
+    }}
+  }}
+  document.getElementById('status').textContent = 'done';
+  report({{ userAgent: navigator.userAgent, origin: location.origin, results }});
+}})();
+</script>
+</body></html>
+"#,
+        sends = script_json(&Value::Array(sends)),
+        denied = script_json(
+            &json!({"name": "denied", "how": "fetch", "url": denied_endpoint, "body": denied_event.sent})
+        ),
+    )
+}
+
+/// Checks one event read back from Kafka against what the page sent: boon
+/// calls it valid; each field beacond fills in is there (and only those its
+/// schema defines) with the right value; everything else is as sent.
+fn check_event(
+    oracle: &crosscheck::BoonOracle,
+    planned: &PlannedEvent,
+    mut got: Value,
+    page_ua: &str,
+    window: (time::OffsetDateTime, time::OffsetDateTime),
+) {
+    use time::format_description::well_known::Rfc3339;
+    let id = &planned.id;
+    oracle.assert_agrees(planned.schema, &got, true, id);
+    assert_eq!(got["$schema"], planned.schema, "{id}: $schema");
+    let meta = got["meta"].as_object_mut().expect("meta");
+    let meta_dt = meta
+        .remove("dt")
+        .unwrap_or_else(|| panic!("{id}: meta.dt filled in"));
+    let meta_dt = meta_dt.as_str().expect("meta.dt is a string").to_string();
+    assert!(
+        meta_dt.len() == 24 && meta_dt.ends_with('Z'),
+        "{id}: meta.dt {meta_dt:?} is UTC with milliseconds"
+    );
+    let received = time::OffsetDateTime::parse(&meta_dt, &Rfc3339).expect("meta.dt parses");
+    assert!(
+        window.0 <= received && received <= window.1,
+        "{id}: meta.dt {meta_dt} is the receive time, within the test's run"
+    );
+    let obj = got.as_object_mut().expect("an object");
+    if planned.fills.dt {
+        assert_eq!(
+            obj.remove("dt"),
+            Some(json!(meta_dt)),
+            "{id}: dt is the receive time"
+        );
+    }
+    if planned.fills.test_default {
+        assert_eq!(
+            obj.remove("test"),
+            Some(json!("default value")),
+            "{id}: the schema's default"
+        );
+    }
+    if planned.fills.user_agent || planned.fills.client_ip {
+        let mut http = obj
+            .remove("http")
+            .unwrap_or_else(|| panic!("{id}: http filled in"));
+        let http = http.as_object_mut().expect("http is an object");
+        let ip = http.remove("client_ip");
+        if planned.fills.client_ip {
+            assert_eq!(
+                ip,
+                Some(json!("127.0.0.1")),
+                "{id}: http.client_ip is the browser's address"
+            );
+        } else {
+            assert_eq!(ip, None, "{id}: the schema has no http.client_ip");
+        }
+        let headers = http.remove("request_headers");
+        if planned.fills.user_agent {
+            assert_eq!(
+                headers,
+                Some(json!({"user-agent": page_ua})),
+                "{id}: the browser's user agent"
+            );
+        }
+        assert!(http.is_empty(), "{id}: nothing else in http: {http:?}");
+    }
+    assert_eq!(
+        got, planned.sent,
+        "{id}: apart from the fill-ins, as the page sent it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_events_by_send_beacon_and_cors_fetch_arrive_once_valid() {
+    let Some(brokers) = broker() else { return };
+    ensure_chromium();
+    let watch = Watch::start("browser events", TEST_BUDGET);
+    let window_start = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    watch.step("creating topics");
+    let prefix = unique_prefix("browser-events");
+    create_event_topics(&brokers, &prefix, &EVENT_STREAMS).await;
+
+    // The page's origin: its own loopback port, bound first so that beacond
+    // can be told to allow it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let page_origin = format!("http://{}", listener.local_addr().unwrap());
+
+    watch.step("starting beacond");
+    let mut config = events_config(&brokers, &prefix);
+    config.events.cors_allowed_origins = vec![page_origin.clone()];
+    let svc = Running::start(config).await;
+    // The control: a beacond that allows another origin only.
+    let mut config = events_config(&brokers, &prefix);
+    config.events.cors_allowed_origins = vec!["https://test.wikipedia.org".into()];
+    let denying = Running::start(config).await;
+    svc.wait_ready().await;
+    denying.wait_ready().await;
+    let endpoint = format!("http://{}/v1/events", svc.beacon);
+    let denied_endpoint = format!("http://{}/v1/events", denying.beacon);
+    assert_ne!(
+        endpoint.split("/v1").next(),
+        Some(page_origin.as_str()),
+        "another origin"
+    );
+
+    let run = unique_topic("run");
+    let sends = plan_events(&run);
+    let events: Vec<&PlannedEvent> = sends.iter().flat_map(|s| &s.events).collect();
+    let by_id: HashMap<&str, &PlannedEvent> = events.iter().map(|e| (e.id.as_str(), *e)).collect();
+    assert_eq!(by_id.len(), events.len(), "unique meta.id");
+    let (tx, mut reports) = mpsc::unbounded_channel();
+    // Not among the expected events: if it reached Kafka, it would be "unexpected".
+    let denied_event = test_event(&format!("{run}-denied-test-event"));
+    let html = events_page(&endpoint, &sends, &denied_endpoint, &denied_event);
+    let server = tokio::spawn(serve_page(listener, html, tx));
+
+    watch.step("chromium loads the page and sends");
+    let mut browser = Browser::launch(&format!("{page_origin}/"));
+    let (report_ua, report) = page_report(&mut reports, &mut browser).await;
+    let sent_at = watch.elapsed();
+
+    let page_ua = report["userAgent"].as_str().expect("navigator.userAgent");
+    assert_eq!(
+        page_ua, report_ua,
+        "navigator.userAgent is the User-Agent header"
+    );
+    assert!(
+        page_ua.contains("Chrome"),
+        "a Chromium user agent: {page_ua}"
+    );
+    assert_eq!(report["origin"], json!(page_origin), "the page's origin");
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(
+        results.len(),
+        sends.len() + 1,
+        "a result per send: {report}"
+    );
+    let denied = results.last().expect("the control's result");
+    assert_eq!(denied["name"], "denied");
+    assert!(
+        denied["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("TypeError"))
+            && denied["status"].is_null(),
+        "a fetch from an origin beacond does not allow fails: {denied}"
+    );
+    for s in &sends {
+        let r = results
+            .iter()
+            .find(|r| r["name"] == json!(s.name))
+            .unwrap_or_else(|| panic!("no result for {}: {report}", s.name));
+        if s.how == "beacon" {
+            assert_eq!(r["queued"], json!(true), "{}: sendBeacon queued it", s.name);
+        } else {
+            // A cross-origin response is readable only with CORS allowed.
+            let want = if s.hasty { 202 } else { 201 };
+            assert_eq!(
+                (&r["status"], &r["ok"], &r["type"], &r["body"]),
+                (&json!(want), &json!(true), &json!("cors"), &json!("")),
+                "{}: fetch resolved, CORS allowed: {r}",
+                s.name
+            );
+        }
+    }
+
+    watch.step("reading Kafka");
+    let oracle = crosscheck::BoonOracle::fixtures();
+    let count = |stream: &str| events.iter().filter(|e| e.stream == stream).count();
+    let error_topic = format!("{prefix}beacond.error.validation");
+    let topic = |i: usize| format!("{prefix}{}", EVENT_STREAMS[i]);
+    let topics = [topic(0), topic(1), topic(2), topic(3)];
+    let (nav, atest, tevent, webbase, errors) = tokio::join!(
+        read_topic(&brokers, &topics[0], count(EVENT_STREAMS[0])),
+        read_topic(&brokers, &topics[1], count(EVENT_STREAMS[1])),
+        read_topic(&brokers, &topics[2], count(EVENT_STREAMS[2])),
+        read_topic(&brokers, &topics[3], count(EVENT_STREAMS[3])),
+        read_topic(&brokers, &error_topic, 0),
+    );
+    let in_kafka_at = watch.elapsed();
+    watch.step("stopping chromium");
+    drop(browser);
+    server.abort();
+    let window_end = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
+
+    watch.step("checking");
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (stream, msgs) in EVENT_STREAMS.iter().zip([&nav, &atest, &tevent, &webbase]) {
+        for m in msgs.iter() {
+            let got: Value = serde_json::from_slice(&m.payload).expect("a JSON event");
+            let id = got["meta"]["id"].as_str().expect("meta.id").to_string();
+            let planned = by_id
+                .get(id.as_str())
+                .unwrap_or_else(|| panic!("{stream}: unexpected event {got}"));
+            assert_eq!(planned.stream, *stream, "{id}: on its stream's topic");
+            check_event(&oracle, planned, got, page_ua, (window_start, window_end));
+            *seen.entry(id).or_default() += 1;
+        }
+    }
+    for e in &events {
+        let n = seen.get(&e.id).copied().unwrap_or(0);
+        assert_eq!(n, 1, "{} arrived {n} times, not once", e.id);
+    }
+    let error_events: Vec<String> = errors
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    assert!(error_events.is_empty(), "error events: {error_events:?}");
+
+    // beacond's side: on /v1/events, one 202 per hasty request and one 201
+    // per other fetch, the preflights (204: nothing else answers 204 there),
+    // nothing else; every event accepted.
+    let m = svc.metrics().await;
+    let route = ("route", "/v1/events");
+    let status = |s: &str| m.sum("beacond_requests_total", &[route, ("status", s)]);
+    let hasty = sends.iter().filter(|s| s.hasty).count() as f64;
+    let fetches: Vec<&PlannedSend> = sends.iter().filter(|s| s.how == "fetch").collect();
+    let waited = fetches.iter().filter(|s| !s.hasty).count() as f64;
+    assert_eq!(status("202"), hasty, "202s");
+    assert_eq!(status("201"), waited, "201s");
+    // Chromium caches a preflight per URL (Access-Control-Max-Age), so at
+    // least one per URL the fetches use, at most one per fetch.
+    let preflights = status("204");
+    let fetch_urls = if fetches.iter().any(|s| s.hasty) && fetches.iter().any(|s| !s.hasty) {
+        2.0
+    } else {
+        1.0
+    };
+    assert!(
+        fetch_urls <= preflights && preflights <= fetches.len() as f64,
+        "preflights answered: {preflights}, for {} fetches to {fetch_urls} URLs",
+        fetches.len()
+    );
+    for (k, v) in &m.0 {
+        if k.starts_with("beacond_requests_total{")
+            && !["\"201\"", "\"202\"", "\"204\""]
+                .iter()
+                .any(|s| k.contains(s) && k.contains("route=\"/v1/events\""))
+        {
+            assert_eq!(*v, 0.0, "{k}");
+        }
+    }
+    assert_eq!(
+        m.sum("beacond_events_total", &[("outcome", "accepted")]),
+        events.len() as f64,
+        "events accepted"
+    );
+    for outcome in ["invalid", "error"] {
+        assert_eq!(
+            m.sum("beacond_events_total", &[("outcome", outcome)]),
+            0.0,
+            "{outcome} events"
+        );
+    }
+    // The control answered the preflight, without CORS headers, so the
+    // browser never sent the POST.
+    let m = denying.metrics().await;
+    for (k, v) in &m.0 {
+        if k.starts_with("beacond_requests_total{") {
+            let want = k.contains("route=\"/v1/events\"") && k.contains("status=\"204\"");
+            assert_eq!(*v, if want { 1.0 } else { 0.0 }, "control: {k}");
+        }
+    }
+    assert_eq!(
+        m.sum("beacond_events_total", &[]),
+        0.0,
+        "control: no event processed"
+    );
+    eprintln!(
+        "{} events in {} requests ({} by sendBeacon, {} by fetch, {preflights} preflights) \
+         from {page_ua}: page done at {sent_at:.1?}, all in Kafka at {in_kafka_at:.1?}",
+        events.len(),
+        sends.len(),
+        sends.len() - fetches.len(),
+        fetches.len()
+    );
+    watch.step("stopping beacond");
+    svc.stop().await;
+    denying.stop().await;
+    watch.step("done");
 }
