@@ -44,7 +44,7 @@ use crate::validation::{
 };
 
 const ALLOWED_METHODS: &str = "POST, OPTIONS";
-const CORS_ALLOW_HEADERS: &str = "accept, x-requested-with, content-type";
+const CORS_ALLOW_HEADERS: &str = "accept, x-requested-with, content-type, x-request-id";
 /// Events validated per turn of the runtime before yielding.
 const EVENTS_PER_TURN: usize = 64;
 
