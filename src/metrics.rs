@@ -117,6 +117,24 @@ impl<L: LabelSet> EncodeLabelSet for Labeled<L> {
     }
 }
 
+/// A label value from the config (a route, a stream-config key such as
+/// `/^product_metrics\.web_base(\..+)?$/`) escaped as the text format
+/// requires (`\` `"` and line feed as `\\` `\"` `\n`): `prometheus-client`
+/// writes label values as given (prometheus/client_rust#151), and an
+/// unescaped `"` makes the whole scrape unparseable.
+pub fn escape_label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Requests by route and status; `route` is a configured path (bounded by
 /// the config) or `other`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -459,7 +477,7 @@ impl Metrics {
 
     /// The response counters of a route (`other` for unrouted requests).
     pub fn route(&self, route: &str) -> RouteCounters {
-        let route = route.to_string();
+        let route = escape_label_value(route);
         let hot = [204u16, 202, 201].map(|status| {
             let labels = RouteStatusLabels {
                 route: route.clone(),
@@ -596,6 +614,20 @@ mod tests {
                 Color::Dark => "dark_blue",
             }
         }
+    }
+
+    #[test]
+    fn label_values_from_the_config_are_escaped() {
+        assert_eq!(escape_label_value("/v1/events"), "/v1/events");
+        assert_eq!(escape_label_value(r"/^a\.b(\..+)?$/"), r"/^a\\.b(\\..+)?$/");
+        assert_eq!(escape_label_value("a\"b\nc"), r#"a\"b\nc"#);
+        let m = Metrics::new();
+        m.route("/odd\"route\\").count(http::StatusCode::NO_CONTENT);
+        let text = m.render();
+        assert!(
+            text.contains(r#"beacond_requests_total{route="/odd\"route\\",status="204"} 1"#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -188,7 +188,7 @@ impl StreamCounters {
                 family
                     .get_or_create(&StreamLabels {
                         outcome: o.as_str(),
-                        stream: stream.to_string(),
+                        stream: crate::metrics::escape_label_value(stream),
                     })
                     .clone()
             })
@@ -822,6 +822,24 @@ mod tests {
         crate::metrics::check_label_set::<RequestRejection>().unwrap();
         crate::metrics::check_label_set::<InvalidReason>().unwrap();
         crate::metrics::check_label_set::<ErrorReason>().unwrap();
+    }
+
+    #[test]
+    fn regex_stream_keys_are_escaped_in_labels() {
+        let family = StreamFamily::default();
+        let key: Arc<str> = r"/^product_metrics\.web_base(\..+)?$/".into();
+        let counters = StreamCounters::new(&family, [key.clone()].iter());
+        counters.count(Some(&key), EventOutcome::Accepted);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("events", "", family);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(
+                r#"events_total{outcome="accepted",stream="/^product_metrics\\.web_base(\\..+)?$/"} 1"#
+            ),
+            "{text}"
+        );
     }
 
     #[test]
