@@ -58,6 +58,8 @@ pub enum RequestRejection {
     UnsupportedContentType,
     BodyTooLarge,
     BodyTimeout,
+    /// The client hung up (or the connection broke) before the body ended.
+    BodyBroken,
     EmptyBody,
     MalformedJson,
     NotObjectOrArray,
@@ -71,6 +73,7 @@ impl LabelSet for RequestRejection {
         RequestRejection::UnsupportedContentType,
         RequestRejection::BodyTooLarge,
         RequestRejection::BodyTimeout,
+        RequestRejection::BodyBroken,
         RequestRejection::EmptyBody,
         RequestRejection::MalformedJson,
         RequestRejection::NotObjectOrArray,
@@ -82,6 +85,7 @@ impl LabelSet for RequestRejection {
             RequestRejection::UnsupportedContentType => "unsupported_content_type",
             RequestRejection::BodyTooLarge => "body_too_large",
             RequestRejection::BodyTimeout => "body_timeout",
+            RequestRejection::BodyBroken => "body_broken",
             RequestRejection::EmptyBody => "empty_body",
             RequestRejection::MalformedJson => "malformed_json",
             RequestRejection::NotObjectOrArray => "not_object_or_array",
@@ -110,6 +114,7 @@ impl RequestRejection {
             }
             RequestRejection::BodyTooLarge => "request body larger than events.max_body_bytes\n",
             RequestRejection::BodyTimeout => "request body not received in time\n",
+            RequestRejection::BodyBroken => "request body cut short\n",
             RequestRejection::EmptyBody => "empty request body: send a JSON object or array\n",
             RequestRejection::MalformedJson => "request body is not valid JSON\n",
             RequestRejection::NotObjectOrArray => {
@@ -524,9 +529,8 @@ impl<S: MessageSink> EventIntake<S> {
         {
             Ok(body) => body,
             Err(BodyError::TooLarge) => return self.reject(RequestRejection::BodyTooLarge),
-            Err(BodyError::Timeout | BodyError::Broken) => {
-                return self.reject(RequestRejection::BodyTimeout)
-            }
+            Err(BodyError::Timeout) => return self.reject(RequestRejection::BodyTimeout),
+            Err(BodyError::Broken) => return self.reject(RequestRejection::BodyBroken),
         };
         let events = match parse_events(&body, self.limits.max_events) {
             Ok(events) => events,
