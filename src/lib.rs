@@ -1,16 +1,24 @@
-//! beacond: an edge beacon collector.
+//! beacond: an edge event collector for both generations of the
+//! EventLogging protocol (legacy beacons and Event Platform events).
 //!
 //! # Layout
-//! The path a beacon takes, one module per step (see ARCHITECTURE.md):
+//! One module per step of the paths a beacon and an event take (see
+//! ARCHITECTURE.md):
 //!
 //! - [`listener`]: TCP accept loop and HTTP/1.1 connections (hyper).
-//! - [`intake`]: the beacon endpoint; routes, methods, status codes.
-//! - [`decode`]: the query string to validated JSON text.
+//! - [`intake`]: routes and the plumbing both protocols share;
+//!   [`intake::legacy`] (beacons, 204) and [`intake::events`]
+//!   (`POST /v1/events`, EventGate's contract).
+//! - [`decode`]: a beacon's query string to validated JSON text.
+//! - [`stream_config`], [`schema_repository`] and [`validation`]: the Event
+//!   Platform rules (streams, compiled schemas, per-event verdicts), nothing
+//!   of HTTP; [`event_rules`] loads them at start-up and on `SIGHUP`.
 //! - [`client_ip`] and [`meta`]: client address, time, host, sequence, user agent.
 //! - [`proxy_protocol`], [`rate_limit`] and [`filter`]: edge protection: the
 //!   PROXY header, per-client and global limits, user-agent filter, IP anonymization.
-//! - [`format`]: the Kafka message bytes (`varnishkafka` or `json`).
-//! - [`sink`]: the hand-off to Kafka (rdkafka), delivery reports, flush.
+//! - [`format`]: the beacon's Kafka message bytes (`varnishkafka` or `json`).
+//! - [`sink`] and [`spool`]: the hand-off to Kafka (rdkafka), the disk spool,
+//!   delivery reports, flush.
 //! - [`metrics`] and [`admin`]: what operators see.
 //! - [`config`]: the TOML file; [`service`]: wiring, start-up and shutdown.
 #![forbid(unsafe_code)]
