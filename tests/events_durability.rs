@@ -474,7 +474,12 @@ async fn a_v1_spool_and_new_events_after_the_upgrade_each_reach_their_topic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_posted_before_the_broker_was_ever_reachable_are_delivered_once_it_appears() {
     let mock = MockCluster::new(1).expect("mock cluster");
-    let (config, prefix) = mock_events_config(&mock, "ev-nobroker");
+    let (mut config, prefix) = mock_events_config(&mock, "ev-nobroker");
+    // The mock cluster would create a topic the producer asks about.
+    config.kafka.properties.insert(
+        "allow.auto.create.topics".into(),
+        PropertyValue::Text("false".into()),
+    );
     let brokers = mock.bootstrap_servers();
     // Down before beacond ever talks to it: the topic list is unknown.
     mock.broker_down(1).unwrap();
@@ -489,11 +494,26 @@ async fn events_posted_before_the_broker_was_ever_reachable_are_delivered_once_i
     );
     let mut accepted = post_now(svc.beacon, "nb-hasty", true, 30).await;
     accepted.extend(post_now(svc.beacon, "nb-sync", false, 30).await);
+    // A stream whose topic the cluster does not have: while the topic list
+    // is unknown it is accepted too (the spool holds it) ...
+    let orphan = serde_json::json!({
+        "$schema": "/analytics/legacy/test/1.3.0",
+        "meta": {"stream": "eventlogging_Test", "id": "nb-orphan"},
+        "event": {"OtherMessage": "no topic"},
+    });
+    let r = post(
+        svc.beacon,
+        "/v1/events",
+        &[("Content-Type", "application/json")],
+        &serde_json::to_vec(&orphan).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body_text());
     // message.timeout.ms expires: the events move to the spool.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let m = svc.metrics().await;
-        if m.get("beacond_spool_records") >= accepted.len() as f64 {
+        if m.get("beacond_spool_records") > accepted.len() as f64 {
             assert_eq!(m.get("beacond_kafka_broker_reachable"), 0.0);
             break;
         }
@@ -515,10 +535,16 @@ async fn events_posted_before_the_broker_was_ever_reachable_are_delivered_once_i
     wait_spool_drained(&svc, Duration::from_secs(60)).await;
     let m = svc.metrics().await;
     assert_eq!(m.get("beacond_kafka_broker_reachable"), 1.0);
+    // ... and once the list is known it is a permanent failure, counted and
+    // dropped from the spool, not resent forever (the spool drained above).
     assert_eq!(
         m.get("beacond_kafka_delivery_failures_total{topic=\"event\"}"),
-        0.0,
-        "none taken for a missing topic once the list is known"
+        1.0,
+        "only the event for the missing topic failed"
+    );
+    assert_eq!(
+        m.get("beacond_spool_dropped_total{reason=\"permanent_delivery_failure\"}"),
+        1.0
     );
     let duplicates = assert_all_delivered(&brokers, &prefix, &accepted);
     eprintln!(
