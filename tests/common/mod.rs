@@ -436,7 +436,12 @@ pub fn unique_prefix(name: &str) -> String {
 /// topic) under `topic_prefix`.
 pub async fn create_event_topics(brokers: &str, topic_prefix: &str, streams: &[&str]) {
     create_topic(brokers, &format!("{topic_prefix}beacons"), 1).await;
-    create_topic(brokers, &format!("{topic_prefix}beacond.error.validation"), 1).await;
+    create_topic(
+        brokers,
+        &format!("{topic_prefix}beacond.error.validation"),
+        1,
+    )
+    .await;
     for s in streams {
         create_topic(brokers, &format!("{topic_prefix}{s}"), 1).await;
     }
