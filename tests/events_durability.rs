@@ -97,7 +97,7 @@ async fn post_events(
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let (body, events) = request_body(&tag, n);
-        let content_type = if n % 2 == 0 {
+        let content_type = if n.is_multiple_of(2) {
             "text/plain;charset=UTF-8"
         } else {
             "application/json"
