@@ -296,8 +296,8 @@ async fn hasty_posts_through_an_outage(mode: SpoolMode) {
     let duplicates = assert_all_delivered(&brokers, &prefix, &load.accepted);
     eprintln!(
         "events outage ({mode:?}): {} events answered 202, lost 0, duplicates {duplicates} \
-         (in flight when the broker went away: resent from the spool), spooled {}, \
-         delivered {}",
+         (possible only for produce requests in flight at the cut: their outcome \
+         unknown, they are resent from the spool), spooled {}, delivered {}",
         load.accepted.len(),
         m.get("beacond_spool_appended_total"),
         m.get("beacond_kafka_delivered_total{topic=\"event\"}")
