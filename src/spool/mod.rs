@@ -380,6 +380,9 @@ impl Spool {
         // The ledger from now on names only the segments that exist.
         let mut worker = worker;
         worker.write_ledger();
+        // The metrics show the recovered records now, not at the worker's
+        // first turn: until then `spool_records` would read 0 ("drained").
+        worker.publish();
         Ok(Spool {
             handle: SpoolHandle {
                 tx,

@@ -543,3 +543,25 @@ fn records_that_do_not_fit_are_refused() {
     spool.shutdown();
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn recovered_records_are_in_the_metrics_as_soon_as_the_spool_opens() {
+    let d = dir("recovered-metrics");
+    let kafka = FakeKafka::new(false);
+    let (spool, h, _) = open(settings(&d), &kafka);
+    for i in 0..40 {
+        append(&h, i).unwrap();
+    }
+    spool.shutdown();
+
+    // Opened, not started: a `spool_records == 0` read now must not say
+    // "drained" while the previous run's records wait.
+    let metrics = Metrics::new();
+    let mut spool = Spool::open(settings(&d), metrics.spool.clone()).unwrap();
+    assert_eq!(metrics.spool.records.get(), 40);
+    assert_eq!(metrics.spool.segments.get(), 1);
+    assert!(metrics.spool.bytes.get() > 0);
+    spool.start(kafka.clone()).unwrap();
+    spool.shutdown();
+    let _ = std::fs::remove_dir_all(&d);
+}
