@@ -55,10 +55,12 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async {
+        // SIGHUP's default action is to end the process: take it over
+        // before anything else, so a HUP during start-up, or while the events
+        // intake is off, is never fatal.
+        let hangups = hangup_signals();
         let service = Service::bind(config).await?;
-        if let Some(reloader) = service.events_reloader() {
-            reload_on_sighup(reloader);
-        }
+        reload_on_sighup(hangups, service.events_reloader());
         let (shutdown, hurry) = shutdown_signals();
         service.run_until(shutdown, hurry).await?;
         anyhow::Ok(())
@@ -67,18 +69,36 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// On each SIGHUP, reloads the events intake's stream config and schemas on
-/// a blocking thread (a failure keeps the ones in force; it is logged there).
-fn reload_on_sighup(reloader: EventsReloader) {
+/// The SIGHUP stream, installed as early as possible.
+fn hangup_signals() -> Option<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler; reloads need a restart");
+    match signal(SignalKind::hangup()) {
+        Ok(hup) => Some(hup),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGHUP handler; a SIGHUP ends the process");
+            None
+        }
+    }
+}
+
+/// On each SIGHUP, reloads the events intake's stream config and schemas on
+/// a blocking thread (a failure keeps the ones in force; it is logged
+/// there). With the events intake off there is nothing to reload: the
+/// signal is logged and ignored.
+fn reload_on_sighup(
+    hangups: Option<tokio::signal::unix::Signal>,
+    reloader: Option<EventsReloader>,
+) {
+    let Some(mut hup) = hangups else {
         return;
     };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
+            let Some(reloader) = reloader.clone() else {
+                tracing::info!("SIGHUP received: the events intake is off, nothing to reload");
+                continue;
+            };
             tracing::info!("SIGHUP received: reloading the stream config and schemas");
-            let reloader = reloader.clone();
             let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
         }
     });

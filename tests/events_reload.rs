@@ -399,3 +399,41 @@ fn check_names_the_stream_config_key_that_is_wrong() {
     let schemas: usize = words[3].parse().unwrap();
     assert!(schemas >= 60 && words[4] == "schemas", "{summary}");
 }
+
+/// A SIGHUP never ends the process: with the events intake off there is
+/// nothing to reload, and the signal is logged and ignored (its default
+/// action would end beacond without a flush).
+#[test]
+fn sighup_without_the_events_intake_is_ignored() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = temp_dir("hup-off");
+    let ports = (free_port(), free_port());
+    let config = dir.join("beacond.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n\
+             [output]\nhostname = \"hup-host\"\n[kafka]\nbrokers = \"127.0.0.1:1\"\n\
+             [spool]\ndir = {:?}\n[shutdown]\ndrain_seconds = 0\nflush_timeout_seconds = 1\n",
+            ports.0,
+            ports.1,
+            dir.join("spool").display().to_string()
+        ),
+    )
+    .unwrap();
+    let svc = Beacond::start(&dir, &config, ports);
+    rt.block_on(async {
+        wait_http(svc.admin, "/healthz", false).await;
+        svc.signal("-HUP");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !svc.log().contains("nothing to reload") {
+            assert!(Instant::now() < deadline, "HUP not logged:\n{}", svc.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Still serving.
+        let r = get(svc.beacon, "/beacon/event?%7B%7D;", &[]).await;
+        assert_eq!(r.status, 204);
+    });
+    let (code, log) = svc.stop();
+    assert_eq!(code, Some(0), "{log}");
+}
