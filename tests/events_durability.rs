@@ -252,10 +252,19 @@ async fn hasty_posts_through_an_outage(mode: SpoolMode) {
     ));
     tokio::time::sleep(Duration::from_secs(2)).await;
     mock.broker_down(1).unwrap();
-    // Longer than message.timeout.ms (whose expiry librdkafka reports late):
-    // what was queued fails back into the spool, new events queue behind it.
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let during = svc.metrics().await;
+    // Longer than message.timeout.ms (whose expiry librdkafka reports late,
+    // later still on a loaded machine): down until what was queued failed
+    // back into the spool and new events queue behind it, polled with a
+    // deadline rather than assumed after a fixed time.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let during = loop {
+        let m = svc.metrics().await;
+        if m.get("beacond_spool_records") > 0.0 || Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     mock.broker_up(1).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
