@@ -226,7 +226,10 @@ brokers = "{brokers}"
 topic = "{topic}"
 [kafka.properties]
 "linger.ms" = "5"
-"#
+[spool]
+dir = "{spool}"
+"#,
+            spool = dir.path().join("spool").display(),
         ),
     )
     .unwrap();
@@ -365,10 +368,13 @@ brokers = "{brokers}"
 topic = "{beacon_topic}"
 [kafka.properties]
 "linger.ms" = "5"
+[spool]
+dir = "{spool}"
 [events]
 stream_config = "{streams}"
 schema_repositories = ["{primary}", "{secondary}"]
 "#,
+            spool = dir.path().join("spool").display(),
             streams = workspace.join("config/dev-streams.yaml").display(),
             primary = workspace
                 .join("tests/fixtures/event-schemas/primary/jsonschema")
