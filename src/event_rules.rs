@@ -11,6 +11,7 @@
 //! Must never: run on the async request path, or leave the intake without
 //! rules.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,6 +21,9 @@ use crate::config::EventsConfig;
 use crate::metrics::{CounterSet, LabelSet, Metrics};
 use crate::schema_repository::{SchemaRepository, SchemaRepositoryError};
 use crate::stream_config::{MissingSchemas, StreamConfig, StreamConfigError};
+use crate::stream_config_remote::{
+    self as remote, FetchError, LastGood, RefreshResult, RemoteSettings, StreamConfigStatus,
+};
 use crate::validation::{EventValidator, ValidatorSettings, ValidatorSetupError};
 
 /// The longest `raw_event` an error event carries.
@@ -37,6 +41,90 @@ pub enum EventRulesError {
     Setup(#[from] ValidatorSetupError),
     #[error("events.stream_config is not set")]
     Off,
+    /// Neither the URL nor the cache gave a usable stream config.
+    #[error("events.stream_config_uri: no stream config: {uri}: {fetch}; {cache}")]
+    NoRemoteConfig {
+        uri: String,
+        fetch: String,
+        cache: String,
+    },
+}
+
+impl EventRulesError {
+    /// The refresh result a stream config that got this far counts as.
+    fn refresh_result(&self) -> RefreshResult {
+        match self {
+            EventRulesError::StreamConfig(_) => RefreshResult::Unparsable,
+            EventRulesError::MissingSchemas(_) => RefreshResult::UnknownSchema,
+            _ => RefreshResult::Rejected,
+        }
+    }
+}
+
+/// Where the stream config comes from.
+#[derive(Debug, Clone)]
+enum StreamSource {
+    File(PathBuf),
+    Remote(Arc<Remote>),
+}
+
+/// `events.stream_config_uri`'s state: settings, the last good text, and
+/// what `/readyz` and the metrics read.
+#[derive(Debug)]
+struct Remote {
+    settings: RemoteSettings,
+    last_good: LastGood,
+    status: Arc<StreamConfigStatus>,
+    metrics: std::sync::OnceLock<RefreshMetrics>,
+}
+
+/// `beacond_event_stream_config_refreshes_total{result}` and
+/// `beacond_event_stream_config_age_seconds`.
+#[derive(Debug, Clone)]
+struct RefreshMetrics {
+    results: CounterSet<RefreshResult>,
+    age: Gauge,
+}
+
+impl Remote {
+    fn count(&self, result: RefreshResult) {
+        if result != RefreshResult::Cache {
+            self.status.set_last(result);
+        }
+        if let Some(m) = self.metrics.get() {
+            m.results.inc(result);
+        }
+    }
+
+    fn update_age(&self) {
+        if let Some(m) = self.metrics.get() {
+            m.age.set(self.status.age_seconds(remote::now_ms()) as i64);
+        }
+    }
+
+    /// A text just fetched was put in force: remember it, cache it.
+    fn in_force(&self, text: String, at_ms: u64) {
+        self.status.set_in_force(at_ms, false);
+        self.count(RefreshResult::Ok);
+        if let Some(cache) = &self.settings.cache {
+            if let Err(e) = remote::write_cache(cache, &text) {
+                tracing::error!(error = %e, path = %cache.display(), "events.stream_config_cache: cannot write the stream config cache");
+            }
+        }
+        self.last_good.set(text, at_ms);
+        self.update_age();
+    }
+
+    fn failed(&self, result: RefreshResult, message: &str) {
+        self.count(result);
+        self.update_age();
+        tracing::warn!(
+            uri = %self.settings.uri,
+            result = result.as_str(),
+            error = %message,
+            "stream config refresh failed; the last good stream config stays in force"
+        );
+    }
 }
 
 /// What the rules are built from: `[events]` and the host name.
@@ -44,24 +132,189 @@ pub enum EventRulesError {
 pub struct EventRulesSource {
     events: EventsConfig,
     hostname: String,
+    streams: StreamSource,
 }
 
 impl EventRulesSource {
     /// `None` while the events intake is off.
     pub fn new(events: &EventsConfig, hostname: &str) -> Option<Self> {
-        events.enabled().then(|| Self {
+        let streams = if let Some(settings) = RemoteSettings::from_config(events) {
+            StreamSource::Remote(Arc::new(Remote {
+                settings,
+                last_good: LastGood::default(),
+                status: Arc::new(StreamConfigStatus::default()),
+                metrics: std::sync::OnceLock::new(),
+            }))
+        } else {
+            StreamSource::File(events.stream_config.clone()?)
+        };
+        Some(Self {
             events: events.clone(),
             hostname: hostname.to_string(),
+            streams,
         })
     }
 
+    /// Registers the stream config refresh metrics (a URL config only).
+    pub fn register_metrics(&self, metrics: &Metrics) {
+        if let StreamSource::Remote(r) = &self.streams {
+            let age = Gauge::default();
+            metrics.register(
+                "event_stream_config_age_seconds",
+                "Seconds since the stream config in force was fetched from events.stream_config_uri",
+                age.clone(),
+            );
+            let _ = r.metrics.set(RefreshMetrics {
+                results: metrics.counter_set(
+                    "event_stream_config_refreshes",
+                    "Fetches of events.stream_config_uri, by result (cache: start-up from the cache)",
+                ),
+                age,
+            });
+            r.update_age();
+        }
+    }
+
+    /// What `/readyz` shows of a URL stream config; `None` for a file.
+    pub fn remote_status(&self) -> Option<Arc<StreamConfigStatus>> {
+        match &self.streams {
+            StreamSource::Remote(r) => Some(r.status.clone()),
+            StreamSource::File(_) => None,
+        }
+    }
+
+    /// The refresh interval of a URL stream config; `None` for a file.
+    pub fn refresh_interval(&self) -> Option<std::time::Duration> {
+        match &self.streams {
+            StreamSource::Remote(r) => Some(r.settings.ttl),
+            StreamSource::File(_) => None,
+        }
+    }
+
+    /// Sets the age gauge from the clock (the refresh thread, between fetches).
+    pub fn update_age(&self) {
+        if let StreamSource::Remote(r) = &self.streams {
+            r.update_age();
+        }
+    }
+
     /// Reads, checks and compiles everything. Blocking: start-up or a
-    /// blocking thread only.
+    /// blocking thread only. From a URL: the answer, else (a `SIGHUP`) the
+    /// last good one in memory, else the cache; else an error.
     pub fn load(&self) -> Result<EventValidator, EventRulesError> {
+        let schemas = Arc::new(SchemaRepository::load(&self.events.schema_repositories)?);
+        match &self.streams {
+            StreamSource::File(path) => {
+                let streams = StreamConfig::load(path)?;
+                self.build(streams, schemas)
+            }
+            StreamSource::Remote(r) => self.load_remote(r, schemas),
+        }
+    }
+
+    /// Fetches the URL once and builds the rules with `schemas` (those in
+    /// force). `None` when there is no URL. On failure nothing changes but
+    /// the counters; the caller keeps its rules.
+    pub fn refresh(
+        &self,
+        schemas: Arc<SchemaRepository>,
+    ) -> Option<Result<EventValidator, FetchError>> {
+        let StreamSource::Remote(r) = &self.streams else {
+            return None;
+        };
+        Some(self.fetch_and_build(r, schemas).inspect_err(|e| {
+            r.failed(e.reason, &e.message);
+        }))
+    }
+
+    fn fetch_and_build(
+        &self,
+        r: &Remote,
+        schemas: Arc<SchemaRepository>,
+    ) -> Result<EventValidator, FetchError> {
+        let at = remote::now_ms();
+        let text = remote::fetch(&r.settings)?;
+        let validator = self
+            .build_text(&text, &r.settings.uri, schemas)
+            .map_err(|e| FetchError {
+                reason: e.refresh_result(),
+                message: e.to_string(),
+            })?;
+        r.in_force(text, at);
+        Ok(validator)
+    }
+
+    fn load_remote(
+        &self,
+        r: &Remote,
+        schemas: Arc<SchemaRepository>,
+    ) -> Result<EventValidator, EventRulesError> {
+        let fetch_error = match self.fetch_and_build(r, schemas.clone()) {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                r.failed(e.reason, &e.message);
+                format!("{} ({})", e.message, e.reason.as_str())
+            }
+        };
+        if let Some((text, _)) = r.last_good.get() {
+            let v = self.build_text(&text, &r.settings.uri, schemas)?;
+            tracing::warn!("the URL failed: the last good stream config fetched stays, with the schemas reloaded");
+            return Ok(v);
+        }
+        let cache = match &r.settings.cache {
+            None => "events.stream_config_cache is not set".to_string(),
+            Some(path) => match remote::read_cache(path) {
+                Err(e) => format!("events.stream_config_cache {}: {e}", path.display()),
+                Ok((text, written_ms)) => {
+                    match self.build_text(&text, &path.display().to_string(), schemas) {
+                        Ok(v) => {
+                            r.status.set_in_force(written_ms, true);
+                            r.status.set_last(RefreshResult::Cache);
+                            r.count(RefreshResult::Cache);
+                            r.last_good.set(text, written_ms);
+                            r.update_age();
+                            tracing::warn!(
+                                path = %path.display(),
+                                age_seconds = r.status.age_seconds(remote::now_ms()),
+                                "events.stream_config_uri failed: starting with the cached stream config"
+                            );
+                            return Ok(v);
+                        }
+                        Err(e) => format!("events.stream_config_cache {}: {e}", path.display()),
+                    }
+                }
+            },
+        };
+        Err(EventRulesError::NoRemoteConfig {
+            uri: r.settings.uri.clone(),
+            fetch: fetch_error,
+            cache,
+        })
+    }
+
+    fn build_text(
+        &self,
+        text: &str,
+        origin: &str,
+        schemas: Arc<SchemaRepository>,
+    ) -> Result<EventValidator, EventRulesError> {
+        let streams = StreamConfig::parse_json(text, origin)?;
+        if streams.is_empty() {
+            // Never an empty config.
+            return Err(StreamConfigError::TopLevelNotAMap {
+                origin: format!("{origin} (no streams)"),
+            }
+            .into());
+        }
+        self.build(streams, schemas)
+    }
+
+    fn build(
+        &self,
+        streams: StreamConfig,
+        schemas: Arc<SchemaRepository>,
+    ) -> Result<EventValidator, EventRulesError> {
         let events = &self.events;
-        let path = events.stream_config.as_ref().ok_or(EventRulesError::Off)?;
-        let streams = StreamConfig::load(path)?;
-        let schemas = SchemaRepository::load(&events.schema_repositories)?;
         streams.check_schemas(&schemas)?;
         let settings = ValidatorSettings {
             topic_prefix: events.topic_prefix.clone(),
@@ -72,7 +325,7 @@ impl EventRulesSource {
             allow_absolute_schema_uris: events.allow_absolute_schema_uris,
             max_raw_event_bytes: MAX_RAW_EVENT_BYTES,
         };
-        let validator = EventValidator::new(Arc::new(streams), Arc::new(schemas), settings)?;
+        let validator = EventValidator::new(Arc::new(streams), schemas, settings)?;
         for skipped in validator.schema_repository().skipped() {
             tracing::warn!(skipped = %skipped, "schema file left out");
         }
