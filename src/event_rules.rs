@@ -115,14 +115,15 @@ impl Remote {
         self.update_age();
     }
 
-    fn failed(&self, result: RefreshResult, message: &str) {
+    /// A fetch failed: counted, logged with what happens next (`then`).
+    fn failed(&self, result: RefreshResult, message: &str, then: &str) {
         self.count(result);
         self.update_age();
         tracing::warn!(
             uri = %self.settings.uri,
             result = result.as_str(),
             error = %message,
-            "stream config refresh failed; the last good stream config stays in force"
+            "stream config fetch failed; {then}"
         );
     }
 }
@@ -223,7 +224,11 @@ impl EventRulesSource {
             return None;
         };
         Some(self.fetch_and_build(r, schemas).inspect_err(|e| {
-            r.failed(e.reason, &e.message);
+            r.failed(
+                e.reason,
+                &e.message,
+                "the last good stream config stays in force",
+            );
         }))
     }
 
@@ -252,7 +257,11 @@ impl EventRulesSource {
         let fetch_error = match self.fetch_and_build(r, schemas.clone()) {
             Ok(v) => return Ok(v),
             Err(e) => {
-                r.failed(e.reason, &e.message);
+                r.failed(
+                    e.reason,
+                    &e.message,
+                    "trying the last good stream config, then events.stream_config_cache",
+                );
                 format!("{} ({})", e.message, e.reason.as_str())
             }
         };
