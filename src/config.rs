@@ -249,7 +249,7 @@ impl Default for SpoolConfig {
 }
 
 /// The Event Platform intake (`POST /v1/events`), EventGate's HTTP contract.
-/// Off while `stream_config` is unset.
+/// Off while neither `stream_config` nor `stream_config_uri` is set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
@@ -645,7 +645,7 @@ impl Config {
         if events.routes.is_empty() {
             return Err(invalid(
                 "events.routes",
-                "at least one route is needed (or unset events.stream_config)".into(),
+                "at least one route is needed (or unset events.stream_config and events.stream_config_uri)".into(),
             ));
         }
         if events.schema_repositories.is_empty() {

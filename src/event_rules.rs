@@ -310,8 +310,9 @@ impl EventRulesSource {
         let streams = StreamConfig::parse_json(text, origin)?;
         if streams.is_empty() {
             // Never an empty config.
-            return Err(StreamConfigError::TopLevelNotAMap {
-                origin: format!("{origin} (no streams)"),
+            return Err(StreamConfigError::Parse {
+                origin: origin.to_owned(),
+                message: "no streams".into(),
             }
             .into());
         }
@@ -420,6 +421,90 @@ mod tests {
             "beacond.error.validation"
         );
         crate::metrics::check_label_set::<ReloadResult>().unwrap();
+    }
+
+    /// A URL nothing answers on.
+    fn dead_uri() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/w/api.php", l.local_addr().unwrap())
+    }
+
+    #[test]
+    fn a_url_that_fails_falls_back_to_the_cache_or_names_both_keys() {
+        let dir = std::env::temp_dir().join(format!("beacond-rules-uri-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cache = dir.join("cache.json");
+        let mut c = events_config();
+        c.stream_config = None;
+        c.stream_config_uri = Some(dead_uri());
+        c.stream_config_cache = Some(cache.clone());
+
+        // Neither: the error names the URL key, the URL and the cache key.
+        let source = EventRulesSource::new(&c, "h").unwrap();
+        let msg = source.load().unwrap_err().to_string();
+        assert!(
+            msg.contains("events.stream_config_uri")
+                && msg.contains(c.stream_config_uri.as_deref().unwrap())
+                && msg.contains("events.stream_config_cache")
+                && msg.contains("unreachable"),
+            "{msg}"
+        );
+
+        // A cache: it serves, and the status says so.
+        remote::write_cache(
+            &cache,
+            r#"{"streams": {"beacond.error.validation": {"schema_title": "error"},
+                "test.event": {"schema_title": "test/event"}}}"#,
+        )
+        .unwrap();
+        let source = EventRulesSource::new(&c, "h").unwrap();
+        let v = source.load().unwrap();
+        assert_eq!(v.stream_config().len(), 2);
+        let status = source.remote_status().unwrap();
+        assert_eq!(status.last(), RefreshResult::Cache);
+        assert!(status
+            .detail_line(remote::now_ms())
+            .contains("from the cache"));
+
+        // A refresh that fails leaves nothing to put in force.
+        let failed = source.refresh(v.schema_repository().clone()).unwrap();
+        assert_eq!(failed.unwrap_err().reason, RefreshResult::Unreachable);
+        assert_eq!(status.last(), RefreshResult::Unreachable);
+
+        // A cache with no streams, or a title no schema has, is no config.
+        for bad in [
+            r#"{"streams": {}}"#,
+            r#"{"streams": {"beacond.error.validation": {"schema_title": "error"},
+                "x": {"schema_title": "no/such/title"}}}"#,
+        ] {
+            remote::write_cache(&cache, bad).unwrap();
+            let msg = EventRulesSource::new(&c, "h")
+                .unwrap()
+                .load()
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("events.stream_config_cache"), "{msg}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn refresh_results_by_error() {
+        let e: EventRulesError = StreamConfigError::Parse {
+            origin: "u".into(),
+            message: "m".into(),
+        }
+        .into();
+        assert_eq!(e.refresh_result(), RefreshResult::Unparsable);
+        let e: EventRulesError = MissingSchemas { missing: vec![] }.into();
+        assert_eq!(e.refresh_result(), RefreshResult::UnknownSchema);
+        assert_eq!(
+            EventRulesError::Off.refresh_result(),
+            RefreshResult::Rejected
+        );
+        // A file source has no URL to refresh.
+        let source = EventRulesSource::new(&events_config(), "h").unwrap();
+        assert!(source.remote_status().is_none() && source.refresh_interval().is_none());
     }
 
     #[test]

@@ -334,6 +334,15 @@ fn stream_config_from_a_url_refreshes_keeps_the_last_good_and_restarts_from_the_
                 "cache keeps the last good"
             );
         }
+        // A SIGHUP while the URL fails: the schemas are reloaded, the last
+        // good stream config stays (X accepted).
+        server.set(Mode::Down);
+        let _ = Command::new("kill")
+            .args(["-HUP", &svc.child.id().to_string()])
+            .status();
+        svc.wait_metric("beacond_event_rules_reloads_total{result=\"ok\"}", 1.0)
+            .await;
+        assert_eq!(post_status(svc.beacon, X, "x-after-hup").await, 201);
         // The age grows while refreshes fail.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(svc.metric("beacond_event_stream_config_age_seconds").await >= 1.0);
