@@ -76,6 +76,8 @@ struct Remote {
     last_good: LastGood,
     status: Arc<StreamConfigStatus>,
     metrics: std::sync::OnceLock<RefreshMetrics>,
+    /// False for `--check`, which reads the cache but never writes it.
+    write_cache: bool,
 }
 
 /// `beacond_event_stream_config_refreshes_total{result}` and
@@ -106,7 +108,7 @@ impl Remote {
     fn in_force(&self, text: String, at_ms: u64) {
         self.status.set_in_force(at_ms, false);
         self.count(RefreshResult::Ok);
-        if let Some(cache) = &self.settings.cache {
+        if let Some(cache) = self.settings.cache.as_ref().filter(|_| self.write_cache) {
             if let Err(e) = remote::write_cache(cache, &text) {
                 tracing::error!(error = %e, path = %cache.display(), "events.stream_config_cache: cannot write the stream config cache");
             }
@@ -145,6 +147,7 @@ impl EventRulesSource {
                 last_good: LastGood::default(),
                 status: Arc::new(StreamConfigStatus::default()),
                 metrics: std::sync::OnceLock::new(),
+                write_cache: true,
             }))
         } else {
             StreamSource::File(events.stream_config.clone()?)
@@ -154,6 +157,21 @@ impl EventRulesSource {
             hostname: hostname.to_string(),
             streams,
         })
+    }
+
+    /// For `--check`: a good answer from the URL is not written to the cache.
+    pub fn checking(&self) -> Self {
+        let mut this = self.clone();
+        if let StreamSource::Remote(r) = &self.streams {
+            this.streams = StreamSource::Remote(Arc::new(Remote {
+                settings: r.settings.clone(),
+                last_good: LastGood::default(),
+                status: Arc::new(StreamConfigStatus::default()),
+                metrics: std::sync::OnceLock::new(),
+                write_cache: false,
+            }));
+        }
+        this
     }
 
     /// Registers the stream config refresh metrics (a URL config only).

@@ -422,3 +422,25 @@ fn neither_the_url_nor_a_cache_is_a_clear_start_up_error() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn check_fetches_the_url_and_writes_no_cache() {
+    let dir = temp_dir("stream-uri-check");
+    let server = ConfigServer::start(Mode::Serve(streams_json(&[(X, "test/event")])));
+    let cache = dir.join("cache.json");
+    let config = dir.join("beacond.toml");
+    std::fs::write(
+        &config,
+        config_text(&dir, &server.uri(), &cache, "127.0.0.1:9", "check.", (0, 0)),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", config.to_str().unwrap(), "--check"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("events: 3 streams"), "{stderr}");
+    assert!(!cache.exists(), "--check writes no cache");
+    let _ = std::fs::remove_dir_all(&dir);
+}
