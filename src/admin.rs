@@ -17,12 +17,16 @@ use http_body_util::Full;
 
 use crate::metrics::Metrics;
 use crate::sink::KafkaSink;
+use crate::stream_config_remote::StreamConfigStatus;
 
 /// The facts `/readyz` answers from.
 #[derive(Debug)]
 pub struct Readiness {
     sink: Arc<KafkaSink>,
     draining: AtomicBool,
+    /// A stream config from a URL: its age and last refresh, a detail line
+    /// (never a reason to be unready).
+    stream_config: Option<Arc<StreamConfigStatus>>,
 }
 
 impl Readiness {
@@ -30,7 +34,21 @@ impl Readiness {
         Self {
             sink,
             draining: AtomicBool::new(false),
+            stream_config: None,
         }
+    }
+
+    /// Adds the stream config detail line to `/readyz`.
+    pub fn with_stream_config(mut self, status: Arc<StreamConfigStatus>) -> Self {
+        self.stream_config = Some(status);
+        self
+    }
+
+    fn detail(&self) -> String {
+        self.stream_config
+            .as_ref()
+            .map(|s| s.detail_line(crate::stream_config_remote::now_ms()))
+            .unwrap_or_default()
     }
 
     /// From now on `/readyz` answers 503: the service is shutting down.
@@ -70,20 +88,37 @@ pub fn handle<B>(
             r
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if readiness.is_ready() => text(StatusCode::OK, "ready\n"),
-        "/readyz" if readiness.draining.load(Ordering::Relaxed) => {
-            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        "/readyz" => {
+            let (status, first) = if readiness.is_ready() {
+                (StatusCode::OK, "ready\n")
+            } else if readiness.draining.load(Ordering::Relaxed) {
+                (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if readiness.sink.spool().is_some() {
+                (StatusCode::SERVICE_UNAVAILABLE, "shedding: spool full\n")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "broker unreachable\n")
+            };
+            let detail = readiness.detail();
+            if detail.is_empty() {
+                text(status, first)
+            } else {
+                text_owned(status, format!("{first}{detail}"))
+            }
         }
-        "/readyz" if readiness.sink.spool().is_some() => {
-            text(StatusCode::SERVICE_UNAVAILABLE, "shedding: spool full\n")
-        }
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "broker unreachable\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    with_body(status, Bytes::from_static(body.as_bytes()))
+}
+
+fn text_owned(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    with_body(status, Bytes::from(body))
+}
+
+fn with_body(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,

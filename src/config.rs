@@ -249,7 +249,7 @@ impl Default for SpoolConfig {
 }
 
 /// The Event Platform intake (`POST /v1/events`), EventGate's HTTP contract.
-/// Off while `stream_config` is unset.
+/// Off while neither `stream_config` nor `stream_config_uri` is set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
@@ -257,6 +257,18 @@ pub struct EventsConfig {
     /// The stream config file (YAML or JSON); unset: the events intake is off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_config: Option<PathBuf>,
+    /// The stream config from a URL (MediaWiki's `action=streamconfigs`);
+    /// an alternative to `stream_config`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_config_uri: Option<String>,
+    /// Request headers for `stream_config_uri` (e.g. `Host`).
+    pub stream_config_headers: BTreeMap<String, String>,
+    /// How often `stream_config_uri` is fetched again.
+    pub stream_config_ttl_seconds: u64,
+    /// Where the last good config from `stream_config_uri` is kept, for a
+    /// start while the URL does not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_config_cache: Option<PathBuf>,
     /// Schema repository directories, tried in order.
     pub schema_repositories: Vec<PathBuf>,
     pub service_name: String,
@@ -281,6 +293,10 @@ impl Default for EventsConfig {
         Self {
             routes: vec!["/v1/events".into()],
             stream_config: None,
+            stream_config_uri: None,
+            stream_config_headers: BTreeMap::new(),
+            stream_config_ttl_seconds: 60,
+            stream_config_cache: None,
             schema_repositories: Vec::new(),
             service_name: "beacond".into(),
             error_stream: None,
@@ -296,9 +312,9 @@ impl Default for EventsConfig {
 }
 
 impl EventsConfig {
-    /// True when `stream_config` is set.
+    /// True when `stream_config` or `stream_config_uri` is set.
     pub fn enabled(&self) -> bool {
-        self.stream_config.is_some()
+        self.stream_config.is_some() || self.stream_config_uri.is_some()
     }
 
     /// True when the error stream's topic gets no `topic_prefix`.
@@ -587,13 +603,49 @@ impl Config {
                 ));
             }
         }
+        if events.stream_config.is_some() && events.stream_config_uri.is_some() {
+            return Err(invalid(
+                "events.stream_config_uri",
+                "events.stream_config and events.stream_config_uri are alternatives: set one"
+                    .into(),
+            ));
+        }
+        if let Some(uri) = &events.stream_config_uri {
+            let parsed: Result<http::Uri, _> = uri.parse();
+            match parsed {
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
+                }
+                _ => {
+                    return Err(invalid(
+                        "events.stream_config_uri",
+                        format!("{uri:?} is not an http:// or https:// URL"),
+                    ))
+                }
+            }
+            for (name, value) in &events.stream_config_headers {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                    || http::HeaderValue::from_str(value).is_err()
+                {
+                    return Err(invalid(
+                        "events.stream_config_headers",
+                        format!("{name:?} is not a valid header name and value"),
+                    ));
+                }
+            }
+            if !(1..=86_400).contains(&events.stream_config_ttl_seconds) {
+                return Err(invalid(
+                    "events.stream_config_ttl_seconds",
+                    "must be between 1 and 86400".into(),
+                ));
+            }
+        }
         if !events.enabled() {
             return Ok(());
         }
         if events.routes.is_empty() {
             return Err(invalid(
                 "events.routes",
-                "at least one route is needed (or unset events.stream_config)".into(),
+                "at least one route is needed (or unset events.stream_config and events.stream_config_uri)".into(),
             ));
         }
         if events.schema_repositories.is_empty() {
@@ -772,6 +824,43 @@ mod tests {
         assert_eq!(c.producer_properties(), d.producer_properties());
         c.kafka.properties.clear();
         assert_eq!(toml::to_string(&c).unwrap(), toml::to_string(&d).unwrap());
+    }
+
+    #[test]
+    fn stream_config_file_and_uri_are_alternatives() {
+        let base = "[events]\nschema_repositories = [\"/s\"]\n";
+        let both = format!(
+            "{base}stream_config = \"/s.yaml\"\nstream_config_uri = \"http://mw/api.php\"\n"
+        );
+        let msg = Config::parse(&both, "f").unwrap_err().to_string();
+        assert!(msg.contains("events.stream_config_uri"), "{msg}");
+        let c = Config::parse(
+            &format!("{base}stream_config_uri = \"https://mw/api.php?a=b\"\n[events.stream_config_headers]\nHost = \"meta.wikimedia.org\"\n"),
+            "f",
+        )
+        .unwrap();
+        assert!(c.events.enabled());
+        assert_eq!(c.events.stream_config_ttl_seconds, 60);
+        assert_eq!(c.events.stream_config_headers["Host"], "meta.wikimedia.org");
+        for (bad, key) in [
+            (
+                "stream_config_uri = \"ftp://x/\"\n",
+                "events.stream_config_uri",
+            ),
+            (
+                "stream_config_uri = \"http://x/\"\nstream_config_ttl_seconds = 0\n",
+                "events.stream_config_ttl_seconds",
+            ),
+            (
+                "stream_config_uri = \"http://x/\"\nstream_config_headers = {\"a b\" = \"c\"}\n",
+                "events.stream_config_headers",
+            ),
+        ] {
+            let msg = Config::parse(&format!("{base}{bad}"), "f")
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(key), "{bad}: {msg}");
+        }
     }
 
     #[test]

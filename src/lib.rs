@@ -43,6 +43,7 @@ pub mod service;
 pub mod sink;
 pub mod spool;
 pub mod stream_config;
+pub mod stream_config_remote;
 #[doc(hidden)]
 pub mod testing;
 pub mod validation;

@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
         KafkaSink::validate_properties(&config).context("kafka.properties")?;
         let hostname = config.output.hostname.clone().unwrap_or_default();
         if let Some(source) = EventRulesSource::new(&config.events, &hostname) {
-            let validator = source.load()?;
+            let validator = source.checking().load()?;
             eprintln!(
                 "events: {} streams, {} schemas",
                 validator.stream_config().len(),

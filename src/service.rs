@@ -43,7 +43,7 @@ pub enum ServiceError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot start the probe thread: {0}")]
+    #[error("cannot start the probe or stream config thread: {0}")]
     Thread(std::io::Error),
     #[error(transparent)]
     Spool(#[from] SpoolOpenError),
@@ -59,6 +59,9 @@ pub struct EventsReloader {
     source: EventRulesSource,
     slot: RulesSlot,
     metrics: ReloadMetrics,
+    /// One reload or refresh at a time, so a refresh never puts back the
+    /// schemas a `SIGHUP` just replaced.
+    lock: Arc<std::sync::Mutex<()>>,
 }
 
 impl EventsReloader {
@@ -66,6 +69,7 @@ impl EventsReloader {
     /// force stay (logged at ERROR, counted). Blocking: run it on a blocking
     /// thread.
     pub fn reload(&self) -> Result<(), EventRulesError> {
+        let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let started = std::time::Instant::now();
         match self.source.load() {
             Ok(validator) => {
@@ -88,6 +92,51 @@ impl EventsReloader {
                 Err(e)
             }
         }
+    }
+}
+
+impl EventsReloader {
+    /// Fetches `events.stream_config_uri` once and, if the answer is good,
+    /// puts it in force with the schemas in force (the `SIGHUP` path:
+    /// `RulesSlot::replace`). A failure keeps the rules in force (logged,
+    /// counted). Blocking: the refresh thread only.
+    pub fn refresh(&self) {
+        let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(Ok(validator)) = self.source.refresh(self.slot.schemas()) {
+            let streams = validator.stream_config().len();
+            self.slot.replace(validator);
+            tracing::debug!(
+                streams,
+                "stream config refreshed from events.stream_config_uri"
+            );
+        }
+    }
+
+    /// Refreshes every `events.stream_config_ttl_seconds` on a thread of its
+    /// own until `stop` is set; `None` for a stream config file.
+    fn spawn_refresh(
+        &self,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
+        let Some(ttl) = self.source.refresh_interval() else {
+            return Ok(None);
+        };
+        let this = self.clone();
+        let step = ttl.min(Duration::from_millis(250));
+        std::thread::Builder::new()
+            .name("beacond-streams".into())
+            .spawn(move || {
+                let mut next = std::time::Instant::now() + ttl;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(step);
+                    this.source.update_age();
+                    if std::time::Instant::now() >= next {
+                        this.refresh();
+                        next = std::time::Instant::now() + ttl;
+                    }
+                }
+            })
+            .map(Some)
     }
 }
 
@@ -121,6 +170,9 @@ impl Service {
             &config.events,
             config.output.hostname.as_deref().unwrap_or(""),
         );
+        if let Some(source) = &rules_source {
+            source.register_metrics(&metrics);
+        }
         let validator = rules_source
             .as_ref()
             .map(EventRulesSource::load)
@@ -152,6 +204,7 @@ impl Service {
                 source,
                 slot: events.rules_slot(),
                 metrics: reload_metrics,
+                lock: Arc::default(),
             });
             intake = intake.with_events(events, &metrics);
         }
@@ -213,7 +266,7 @@ impl Service {
             sink,
             spool,
             intake,
-            reloader: _,
+            reloader,
         } = self;
         tracing::info!(
             beacon = %beacon_listener.local_addr().map_or(config.http.listen, |a| a),
@@ -226,7 +279,17 @@ impl Service {
         let probe = sink
             .spawn_probe(PROBE_INTERVAL, stop_probe.clone())
             .map_err(ServiceError::Thread)?;
-        let readiness = Arc::new(Readiness::new(sink.clone()));
+        let stop_refresh = Arc::new(AtomicBool::new(false));
+        let mut readiness = Readiness::new(sink.clone());
+        if let Some(reloader) = &reloader {
+            if let Some(status) = reloader.source.remote_status() {
+                readiness = readiness.with_stream_config(status);
+            }
+            reloader
+                .spawn_refresh(stop_refresh.clone())
+                .map_err(ServiceError::Thread)?;
+        }
+        let readiness = Arc::new(readiness);
 
         let settings = ConnectionSettings {
             header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
@@ -311,6 +374,8 @@ impl Service {
             }
         }
         stop_probe.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Not joined: a fetch in progress ends within its timeout.
+        stop_refresh.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = admin_stop_tx.send(());
         let _ = admin_task.await;
         let _ = tokio::task::spawn_blocking(move || probe.join()).await;

@@ -140,11 +140,20 @@ impl StreamConfig {
     /// Parse `text`; `origin` names it in errors and picks the format
     /// (ending in `.json`: JSON, else YAML).
     pub fn parse(text: &str, origin: &str) -> Result<Self, StreamConfigError> {
+        Self::parse_as(text, origin, origin.ends_with(".json"))
+    }
+
+    /// Parse `text` as JSON whatever `origin` is (an answer from a URL).
+    pub fn parse_json(text: &str, origin: &str) -> Result<Self, StreamConfigError> {
+        Self::parse_as(text, origin, true)
+    }
+
+    fn parse_as(text: &str, origin: &str, json: bool) -> Result<Self, StreamConfigError> {
         let parse_err = |message: String| StreamConfigError::Parse {
             origin: origin.to_owned(),
             message,
         };
-        let top: Top = if origin.ends_with(".json") {
+        let top: Top = if json {
             serde_json::from_str(text).map_err(|e| parse_err(e.to_string()))?
         } else {
             serde_yaml_ng::from_str(text).map_err(|e| parse_err(e.to_string()))?

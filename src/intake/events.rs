@@ -382,6 +382,11 @@ impl RulesSlot {
             &self.streams,
         )));
     }
+
+    /// The schema repositories in force (a stream config refresh keeps them).
+    pub fn schemas(&self) -> Arc<crate::schema_repository::SchemaRepository> {
+        self.rules.load().validator.schema_repository().clone()
+    }
 }
 
 fn make_rules(
