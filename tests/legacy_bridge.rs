@@ -5,7 +5,8 @@
 //! `eventlogging_<Schema>` stream's topic, valid for an independent validator
 //! (boon, `src/crosscheck.rs`), with the uuid the EventLogging processor
 //! computes from the line; an invalid legacy event answered 204 and found on
-//! the error stream; with the converted event only, an unknown schema is a 400.
+//! the error stream; with the converted event only, an unknown schema and a
+//! converted event that errors are 400s.
 
 mod common;
 #[path = "../src/crosscheck.rs"]
@@ -79,6 +80,7 @@ fn proxied() -> Vec<(&'static str, &'static str)> {
     vec![
         ("User-Agent", UA),
         ("X-Forwarded-For", "198.51.100.1, 203.0.113.9"),
+        ("X-Request-Id", "req-legacy-0001"),
     ]
 }
 
@@ -183,6 +185,9 @@ async fn one_beacon_written_both_ways_and_an_invalid_one_on_the_error_stream() {
     );
     assert_eq!(nav["client_dt"], nav["dt"]);
     assert_eq!(nav["http"]["client_ip"], "203.0.113.9");
+    // EventGate's fill-ins, as for POST /v1/events.
+    assert_eq!(nav["meta"]["request_id"], "req-legacy-0001");
+    assert!(nav["meta"]["id"].is_string() && nav["meta"]["dt"].is_string());
     assert_eq!(nav["http"]["request_headers"]["user-agent"], UA);
     assert_eq!(nav["event"], navigation_timing()["event"]);
     assert_eq!(nav["webHost"], "en.wikipedia.org");
@@ -228,16 +233,17 @@ async fn one_beacon_written_both_ways_and_an_invalid_one_on_the_error_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_converted_event_only_an_unknown_schema_is_a_400_and_no_line_is_written() {
+async fn with_the_converted_event_only_unknown_and_errored_are_400s_and_no_line_is_written() {
     let Some(brokers) = broker() else { return };
     let prefix = unique_prefix("legacy-only");
     create_event_topics(&brokers, &prefix, &[NAV_STREAM]).await;
-    let svc = Running::start(bridge_config(
-        &brokers,
-        &prefix,
-        vec![OutputFormat::EventPlatform],
-    ))
-    .await;
+    let mut config = bridge_config(&brokers, &prefix, vec![OutputFormat::EventPlatform]);
+    // A version the repository lacks: the converted event errors (unknown schema).
+    config
+        .events
+        .legacy_schema_versions
+        .insert("VirtualPageView".into(), "9.9.9".into());
+    let svc = Running::start(config).await;
     svc.wait_ready().await;
     let unknown = json!({"schema": "NoSuchSchema", "revision": 1, "event": {}});
     let r = get(
@@ -255,6 +261,15 @@ async fn with_the_converted_event_only_an_unknown_schema_is_a_400_and_no_line_is
     )
     .await;
     assert_eq!(r.status, 204);
+    let errored = json!({"schema": "VirtualPageView", "revision": -1, "event": {}});
+    let r = get(
+        svc.beacon,
+        &format!("/beacon/event?{}", js_query(&errored)),
+        &proxied(),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body_text(), "event not accepted\n");
     let navs = read(&brokers, &format!("{prefix}{NAV_STREAM}"), 1);
     assert_eq!(navs.len(), 1);
     // The first accepted beacon got sequence number 0: the refused one none.
@@ -272,6 +287,20 @@ async fn with_the_converted_event_only_an_unknown_schema_is_a_400_and_no_line_is
         m.sum(
             "beacond_beacons_rejected_total",
             &[("reason", "unknown_legacy_schema")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.sum(
+            "beacond_beacons_rejected_total",
+            &[("reason", "legacy_event_errored")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.sum(
+            "beacond_events_errored_total",
+            &[("reason", "unknown_schema")]
         ),
         1.0
     );

@@ -281,9 +281,15 @@ impl<S: MessageSink> BeaconIntake<S> {
         SCRATCH.with(|scratch| {
             let Ok(mut scratch) = scratch.try_borrow_mut() else {
                 // Not reachable: nothing below re-enters. Fall back to fresh buffers.
-                return self.accept_with(raw_query, &mut meta, &mut Scratch::default(), events);
+                return self.accept_with(
+                    raw_query,
+                    &mut meta,
+                    &mut Scratch::default(),
+                    events,
+                    headers,
+                );
             };
-            self.accept_with(raw_query, &mut meta, &mut scratch, events)
+            self.accept_with(raw_query, &mut meta, &mut scratch, events, headers)
         })
     }
 
@@ -293,6 +299,7 @@ impl<S: MessageSink> BeaconIntake<S> {
         meta: &mut BeaconMeta<'_>,
         scratch: &mut Scratch,
         events: Option<&EventIntake<S>>,
+        headers: &HeaderMap,
     ) -> Outcome {
         if meta.user_agent.len() > self.limits.max_user_agent_bytes {
             meta.user_agent = &meta.user_agent[..self.limits.max_user_agent_bytes];
@@ -361,7 +368,7 @@ impl<S: MessageSink> BeaconIntake<S> {
                 + time::Duration::milliseconds(i64::from(meta.received.millis()));
             let ctx = EventContext {
                 received,
-                request_id: None,
+                request_id: headers.get("x-request-id").and_then(|v| v.to_str().ok()),
                 user_agent: std::str::from_utf8(meta.user_agent)
                     .ok()
                     .filter(|s| !s.is_empty()),
