@@ -306,3 +306,50 @@ async fn with_the_converted_event_only_unknown_and_errored_are_400s_and_no_line_
     );
     svc.stop().await;
 }
+
+/// `spool.mode = "always"`: both messages of a beacon go through the spool,
+/// and the 204 waits for both writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_spool_always_on_both_messages_are_spooled_then_delivered() {
+    let Some(brokers) = broker() else { return };
+    let prefix = unique_prefix("legacy-spool");
+    create_event_topics(&brokers, &prefix, &[NAV_STREAM]).await;
+    let mut config = bridge_config(
+        &brokers,
+        &prefix,
+        vec![OutputFormat::Varnishkafka, OutputFormat::EventPlatform],
+    );
+    config.spool.mode = beacond::config::SpoolMode::Always;
+    config.spool.fsync_interval_ms = 0;
+    let svc = Running::start(config).await;
+    svc.wait_ready().await;
+    for _ in 0..3 {
+        let r = get(
+            svc.beacon,
+            &format!("/beacon/event?{}", js_query(&navigation_timing())),
+            &proxied(),
+        )
+        .await;
+        assert_eq!(r.status, 204);
+    }
+    let m = svc.metrics().await;
+    assert_eq!(
+        m.get("beacond_spool_appended_total"),
+        6.0,
+        "line and event, three times"
+    );
+    let lines = consume(
+        &brokers,
+        &format!("{prefix}beacons"),
+        3,
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+    );
+    assert_eq!(lines.len(), 3);
+    let navs = read(&brokers, &format!("{prefix}{NAV_STREAM}"), 3);
+    assert_eq!(navs.len(), 3);
+    let mut seqs: Vec<i64> = navs.iter().map(|e| e["seqId"].as_i64().unwrap()).collect();
+    seqs.sort();
+    assert_eq!(seqs, [0, 1, 2]);
+    svc.stop().await;
+}
