@@ -342,6 +342,16 @@ impl<S: MessageSink> BeaconIntake<S> {
                 }
             }
         }
+        if self.line.is_none() && conversion.is_none() && events.is_none() {
+            // `event_platform` alone without the events intake: refused by the
+            // config check; never answer 204 for a beacon written nowhere.
+            return self.reject(
+                RejectReason::LegacyEventErrored,
+                raw_query,
+                meta,
+                &mut scratch.line,
+            );
+        }
         meta.seq = Some(self.seq.next());
         let mut replies = Vec::new();
         if let Some(format) = self.line {
