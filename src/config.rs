@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use regex::bytes::{RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::format::OutputFormat;
+use crate::format::{OutputFormat, OutputFormats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -117,7 +117,8 @@ impl Default for ClientIpConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
-    pub format: OutputFormat,
+    /// One format or a list; `event_platform` needs the events intake.
+    pub format: OutputFormats,
     /// `None` until resolved: the machine's FQDN.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
@@ -286,6 +287,10 @@ pub struct EventsConfig {
     /// Origins answered with CORS headers; `"*"` for any; empty: none.
     pub cors_allowed_origins: Vec<String>,
     pub allow_absolute_schema_uris: bool,
+    /// Legacy schema name -> version of its `/analytics/legacy/<name>/`
+    /// schema, for `output.format = "event_platform"`; a name not here gets
+    /// the highest version in the schema repositories.
+    pub legacy_schema_versions: BTreeMap<String, String>,
 }
 
 impl Default for EventsConfig {
@@ -307,6 +312,7 @@ impl Default for EventsConfig {
             max_events_per_request: 1000,
             cors_allowed_origins: Vec::new(),
             allow_absolute_schema_uris: false,
+            legacy_schema_versions: BTreeMap::new(),
         }
     }
 }
@@ -554,6 +560,7 @@ impl Config {
             }
         }
         self.validate_events(origin)?;
+        self.validate_output(origin)?;
         let kafka = &self.kafka;
         if kafka.brokers.trim().is_empty() {
             return Err(invalid(
@@ -584,6 +591,63 @@ impl Config {
                 return Err(invalid(
                     "kafka.properties",
                     "`message.max.bytes` must be an integer".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `output.format`: a known, non-empty list, one line format at most,
+    /// and `event_platform` only with the events intake on.
+    fn validate_output(&self, origin: &str) -> Result<(), ConfigError> {
+        let formats = self.output.format.as_slice();
+        if formats.is_empty() {
+            return Err(invalid(
+                origin,
+                "output.format",
+                "name at least one format".into(),
+            ));
+        }
+        for (i, f) in formats.iter().enumerate() {
+            if formats[..i].contains(f) {
+                return Err(invalid(
+                    origin,
+                    "output.format",
+                    format!("{f:?} is named twice"),
+                ));
+            }
+        }
+        let lines = formats
+            .iter()
+            .filter(|f| **f != OutputFormat::EventPlatform)
+            .count();
+        if lines > 1 {
+            return Err(invalid(
+                origin,
+                "output.format",
+                "\"varnishkafka\" and \"json\" both write to kafka.topic: name one".into(),
+            ));
+        }
+        if self.output.format.event_platform() && !self.events.enabled() {
+            return Err(invalid(
+                origin,
+                "events.stream_config",
+                "output.format \"event_platform\" needs the events intake: set events.stream_config"
+                    .into(),
+            ));
+        }
+        for (name, version) in &self.events.legacy_schema_versions {
+            let semver = version.split('.').count() == 3
+                && version
+                    .split('.')
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            if name.is_empty() || !semver {
+                return Err(invalid(
+                    origin,
+                    "events.legacy_schema_versions",
+                    format!(
+                        "{name:?} = {version:?}: want a schema name and a version like \"1.0.0\""
+                    ),
                 ));
             }
         }
@@ -738,11 +802,21 @@ impl Config {
     /// 204 is refused by the producer for its size. Needs the hostname resolved.
     pub fn check_message_size(&self) -> Result<(), ConfigError> {
         let hostname_len = self.output.hostname.as_deref().map_or(255, str::len);
-        let largest = self.output.format.max_message_bytes(
-            self.http.max_query_bytes,
-            self.http.max_user_agent_bytes,
-            hostname_len,
-        ) + crate::format::MAX_KEY_BYTES;
+        let largest = self
+            .output
+            .format
+            .as_slice()
+            .iter()
+            .map(|f| {
+                f.max_message_bytes(
+                    self.http.max_query_bytes,
+                    self.http.max_user_agent_bytes,
+                    hostname_len,
+                )
+            })
+            .max()
+            .unwrap_or(0)
+            + crate::format::MAX_KEY_BYTES;
         let limit = self.message_max_bytes();
         if largest > limit {
             return Err(ConfigError::Invalid {
@@ -811,7 +885,7 @@ mod tests {
         let c = Config::parse("", "t").unwrap();
         assert_eq!(c.http.routes, vec!["/beacon/event", "/event.gif"]);
         assert_eq!(c.kafka.topic, "eventlogging-client-side");
-        assert_eq!(c.output.format, OutputFormat::Varnishkafka);
+        assert_eq!(c.output.format, OutputFormat::Varnishkafka.into());
         assert_eq!(c.producer_properties()["compression.codec"], "snappy");
     }
 
@@ -998,6 +1072,60 @@ mod tests {
         }
         // Without stream_config the intake is off: its other keys need not be set.
         assert!(Config::parse("[events]\nroutes = [\"/beacon/event\"]\n", "f").is_ok());
+    }
+
+    #[test]
+    fn output_format_takes_a_string_or_a_list() {
+        let on = "[events]\nstream_config = \"s.yaml\"\nschema_repositories = [\"d\"]\n";
+        let c = Config::parse("[output]\nformat = \"json\"\n", "f").unwrap();
+        assert_eq!(c.output.format.line(), Some(OutputFormat::Json));
+        assert!(!c.output.format.event_platform());
+        let both = format!(
+            "[output]\nformat = [\"varnishkafka\", \"event_platform\"]\n{on}\
+             [events.legacy_schema_versions]\nMediaWikiPingback = \"1.0.0\"\n"
+        );
+        let c = Config::parse(&both, "f").unwrap();
+        assert_eq!(c.output.format.line(), Some(OutputFormat::Varnishkafka));
+        assert!(c.output.format.event_platform());
+        assert_eq!(
+            c.events.legacy_schema_versions["MediaWikiPingback"],
+            "1.0.0"
+        );
+        // Shown back as a list, parsed back the same.
+        let again = Config::parse(&c.to_toml(), "shown").unwrap();
+        assert_eq!(again.output.format, c.output.format);
+        let c = Config::parse(
+            &format!("[output]\nformat = [\"event_platform\"]\n{on}"),
+            "f",
+        )
+        .unwrap();
+        assert_eq!(c.output.format.line(), None);
+        for (text, key) in [
+            (
+                "[output]\nformat = [\"event_platform\"]\n".to_string(),
+                "events.stream_config",
+            ),
+            ("[output]\nformat = []\n".to_string(), "output.format"),
+            (
+                "[output]\nformat = [\"json\", \"varnishkafka\"]\n".to_string(),
+                "output.format",
+            ),
+            (
+                "[output]\nformat = [\"json\", \"json\"]\n".to_string(),
+                "output.format",
+            ),
+            (
+                "[output]\nformat = [\"xml\"]\n".to_string(),
+                "output.format",
+            ),
+            (
+                format!("{on}[events.legacy_schema_versions]\nX = \"latest\"\n"),
+                "events.legacy_schema_versions",
+            ),
+        ] {
+            let msg = Config::parse(&text, "f").unwrap_err().to_string();
+            assert!(msg.contains(key), "{text}: {msg}");
+        }
     }
 
     #[test]

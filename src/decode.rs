@@ -40,11 +40,20 @@ pub enum RejectReason {
     UserAgentTooLong,
     #[error("request body larger than http.max_body_bytes")]
     BodyTooLarge,
+    /// `event_platform` output only: the capsule's `schema` is missing, or
+    /// has no version in `events.legacy_schema_versions` nor in the schema
+    /// repositories.
+    #[error("capsule schema has no known Event Platform schema version")]
+    UnknownLegacySchema,
+    /// `event_platform` output only: the converted event errored (its stream
+    /// is not configured, its schema title differs, it cannot be produced).
+    #[error("converted event errored (stream not configured or not producible)")]
+    LegacyEventErrored,
 }
 
 impl RejectReason {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 11] = [
         RejectReason::EmptyQuery,
         RejectReason::QueryTooLong,
         RejectReason::BadPercentEncoding,
@@ -54,6 +63,8 @@ impl RejectReason {
         RejectReason::JsonTooDeep,
         RejectReason::UserAgentTooLong,
         RejectReason::BodyTooLarge,
+        RejectReason::UnknownLegacySchema,
+        RejectReason::LegacyEventErrored,
     ];
 
     /// Stable snake_case name: the metric label and the error-topic `reason`.
@@ -68,6 +79,8 @@ impl RejectReason {
             RejectReason::JsonTooDeep => "json_too_deep",
             RejectReason::UserAgentTooLong => "user_agent_too_long",
             RejectReason::BodyTooLarge => "body_too_large",
+            RejectReason::UnknownLegacySchema => "unknown_legacy_schema",
+            RejectReason::LegacyEventErrored => "legacy_event_errored",
         }
     }
 
@@ -93,6 +106,8 @@ impl RejectReason {
             RejectReason::JsonTooDeep => "query string JSON nested too deeply\n",
             RejectReason::UserAgentTooLong => "user agent too long\n",
             RejectReason::BodyTooLarge => "request body too large\n",
+            RejectReason::UnknownLegacySchema => "unknown legacy schema\n",
+            RejectReason::LegacyEventErrored => "event not accepted\n",
         }
     }
 }

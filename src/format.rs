@@ -33,6 +33,89 @@ pub enum OutputFormat {
     Varnishkafka,
     /// The decoded event, as the EventLogging processor emits it.
     Json,
+    /// The converted Event Platform event (`crate::legacy_conversion`), to
+    /// its `eventlogging_<Schema>` stream: not a line; [`OutputFormat::write_line`]
+    /// writes nothing for it.
+    #[serde(rename = "event_platform")]
+    EventPlatform,
+}
+
+/// `output.format`: one format or a list (`["varnishkafka", "event_platform"]`
+/// writes both). At most one line format (`varnishkafka` or `json`) goes to
+/// `kafka.topic`; `event_platform` adds the converted event. Written back as
+/// a plain string when it holds one format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputFormats(Vec<OutputFormat>);
+
+impl Default for OutputFormats {
+    fn default() -> Self {
+        OutputFormats(vec![OutputFormat::Varnishkafka])
+    }
+}
+
+impl OutputFormats {
+    pub fn new(formats: Vec<OutputFormat>) -> Self {
+        OutputFormats(formats)
+    }
+
+    pub fn as_slice(&self) -> &[OutputFormat] {
+        &self.0
+    }
+
+    /// The line format written to `kafka.topic`, if any.
+    pub fn line(&self) -> Option<OutputFormat> {
+        self.0
+            .iter()
+            .copied()
+            .find(|f| *f != OutputFormat::EventPlatform)
+    }
+
+    /// Whether the converted Event Platform event is written.
+    pub fn event_platform(&self) -> bool {
+        self.0.contains(&OutputFormat::EventPlatform)
+    }
+}
+
+impl From<OutputFormat> for OutputFormats {
+    fn from(f: OutputFormat) -> Self {
+        OutputFormats(vec![f])
+    }
+}
+
+impl serde::Serialize for OutputFormats {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OutputFormats {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FormatsVisitor;
+        impl<'de> Visitor<'de> for FormatsVisitor {
+            type Value = OutputFormats;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a format name or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                let one = OutputFormat::deserialize(serde::de::value::StrDeserializer::new(v))?;
+                Ok(OutputFormats(vec![one]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut all = Vec::new();
+                while let Some(f) = seq.next_element::<OutputFormat>()? {
+                    all.push(f);
+                }
+                Ok(OutputFormats(all))
+            }
+        }
+        d.deserialize_any(FormatsVisitor)
+    }
 }
 
 /// The longest raw query copied into an error-topic record.
@@ -57,6 +140,7 @@ impl OutputFormat {
         match self {
             OutputFormat::Varnishkafka => write_varnishkafka(raw_query, meta, out),
             OutputFormat::Json => write_json(capsule, meta, out),
+            OutputFormat::EventPlatform => {}
         }
     }
 
@@ -91,6 +175,9 @@ impl OutputFormat {
             OutputFormat::Json => {
                 max_query_bytes + 6 * hostname_len + 6 * max_user_agent_bytes + MAX_IP_TEXT + 256
             }
+            // Not on `kafka.topic`: a converted event too large for the
+            // producer becomes an error verdict (`message_too_large`).
+            OutputFormat::EventPlatform => 0,
         };
         let error_record = 2 * ERROR_RAW_QUERY_MAX
             + 6 * hostname_len
@@ -208,32 +295,47 @@ fn write_json(capsule: &str, meta: &BeaconMeta<'_>, out: &mut Vec<u8>) {
         write_json_string(meta.user_agent, out);
     }
     key(out, "uuid");
-    // Build the uuid's name after the line, hash it, then put the hex there.
+    out.push(b'"');
+    push_processor_uuid(overrides[0], overrides[1], overrides[2], meta, out);
+    out.extend_from_slice(b"\"}");
+}
+
+/// Appends the EventLogging processor's uuid of a beacon, as 32 lowercase hex
+/// digits (`'%032x' % uuid5(NAMESPACE_URL, 'event://{recvFrom}/?seqId={seqId}&dt={dt}')`),
+/// `dt` being `YYYY-MM-DDTHH:MM:SSZ`. Each part is the capsule's value when it
+/// has one (rendered as Python's `%s` would), else ours from `meta`. Shared
+/// by the json format and the converted Event Platform event; the name is
+/// built in `out` and replaced by the hex, so nothing is allocated.
+pub fn push_processor_uuid(
+    recv_from: Option<&RawValue>,
+    seq_id: Option<&RawValue>,
+    dt: Option<&RawValue>,
+    meta: &BeaconMeta<'_>,
+    out: &mut Vec<u8>,
+) {
     let name_start = out.len();
     out.extend_from_slice(b"event://");
-    push_uuid_part(overrides[0], meta.hostname.as_bytes(), out);
+    push_uuid_part(recv_from, meta.hostname.as_bytes(), out);
     out.extend_from_slice(b"/?seqId=");
-    match overrides[1] {
+    match seq_id {
         Some(v) => push_uuid_part(Some(v), b"", out),
-        None => out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes()),
+        None => out.extend_from_slice(itoa::Buffer::new().format(meta.seq.unwrap_or(0)).as_bytes()),
     }
     out.extend_from_slice(b"&dt=");
-    match overrides[2] {
+    match dt {
         Some(v) => push_uuid_part(Some(v), b"", out),
         None => {
-            out.extend_from_slice(&dt);
+            out.extend_from_slice(&meta.received.formatted());
             out.push(b'Z');
         }
     }
     let uuid = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, &out[name_start..]);
     out.truncate(name_start);
-    out.push(b'"');
     out.extend_from_slice(
         uuid.simple()
             .encode_lower(&mut uuid::Uuid::encode_buffer())
             .as_bytes(),
     );
-    out.extend_from_slice(b"\"}");
 }
 
 /// A value as Python's `%s` would render it in the uuid name: a JSON string's

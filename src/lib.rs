@@ -17,6 +17,8 @@
 //! - [`proxy_protocol`], [`rate_limit`] and [`filter`]: edge protection: the
 //!   PROXY header, per-client and global limits, user-agent filter, IP anonymization.
 //! - [`format`]: the beacon's Kafka message bytes (`varnishkafka` or `json`).
+//! - [`legacy_conversion`]: a beacon's capsule as an Event Platform event
+//!   (`output.format = "event_platform"`), nothing of HTTP.
 //! - [`sink`] and [`spool`]: the hand-off to Kafka (rdkafka), the disk spool,
 //!   delivery reports, flush.
 //! - [`metrics`] and [`admin`]: what operators see.
@@ -33,6 +35,7 @@ pub mod event_rules;
 pub mod filter;
 pub mod format;
 pub mod intake;
+pub mod legacy_conversion;
 pub mod listener;
 pub mod meta;
 pub mod metrics;

@@ -34,10 +34,12 @@ impl SequenceCounter {
     }
 }
 
-/// A receive time with one-second resolution, as the pipeline records it.
+/// A receive time with one-second resolution, as the pipeline records it
+/// (plus the milliseconds, for the converted Event Platform event's `dt`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReceiveTime {
     unix_seconds: i64,
+    millis: u16,
 }
 
 /// Length of `YYYY-MM-DDTHH:MM:SS`.
@@ -53,15 +55,34 @@ impl ReceiveTime {
     }
 
     pub fn from_system_time(t: SystemTime) -> Self {
-        let unix_seconds = match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => d.as_secs() as i64,
-            Err(e) => -(e.duration().as_secs_f64().ceil() as i64),
+        let (unix_seconds, millis) = match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => (d.as_secs() as i64, d.subsec_millis() as u16),
+            Err(e) => (-(e.duration().as_secs_f64().ceil() as i64), 0),
         };
-        Self { unix_seconds }
+        Self {
+            unix_seconds,
+            millis,
+        }
     }
 
     pub fn from_unix_seconds(unix_seconds: i64) -> Self {
-        Self { unix_seconds }
+        Self {
+            unix_seconds,
+            millis: 0,
+        }
+    }
+
+    /// The same second, with `millis` (0-999) milliseconds into it.
+    pub fn with_millis(self, millis: u16) -> Self {
+        Self {
+            millis: millis.min(999),
+            ..self
+        }
+    }
+
+    /// Milliseconds into the second (0-999).
+    pub fn millis(self) -> u16 {
+        self.millis
     }
 
     pub fn unix_seconds(self) -> i64 {

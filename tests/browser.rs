@@ -614,7 +614,7 @@ async fn chromium_beacons_reach_kafka_exactly_once() {
     watch.step("starting the collectors");
     let vk = Running::start(test_config(&brokers, &vk_topic)).await;
     let mut json_config = test_config(&brokers, &json_topic);
-    json_config.output.format = beacond::format::OutputFormat::Json;
+    json_config.output.format = beacond::format::OutputFormat::Json.into();
     let js = Running::start(json_config).await;
     watch.step("waiting for readiness");
     vk.wait_ready().await;

@@ -118,7 +118,7 @@ async fn anonymized_ips_in_both_formats_and_error_records() {
         create_topic(&brokers, &topic, 1).await;
         create_topic(&brokers, &error_topic, 1).await;
         let mut config = test_config(&brokers, &topic);
-        config.output.format = format;
+        config.output.format = format.into();
         config.kafka.error_topic = Some(error_topic.clone());
         config.kafka.partitioning = beacond::config::Partitioning::ClientIp;
         config.client_ip.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
@@ -163,6 +163,7 @@ async fn anonymized_ips_in_both_formats_and_error_records() {
                     let v: serde_json::Value = serde_json::from_str(&payload).unwrap();
                     v["ip"].as_str().unwrap().to_string()
                 }
+                OutputFormat::EventPlatform => unreachable!("not a line format"),
             };
             assert_eq!(ip, want, "{format:?}: {payload}");
             assert!(!payload.contains(full), "full address in {payload}");

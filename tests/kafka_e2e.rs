@@ -277,7 +277,7 @@ async fn json_format_with_client_ip_keys() {
     let topic = unique_topic("e2e-json");
     create_topic(&brokers, &topic, 3).await;
     let mut config = test_config(&brokers, &topic);
-    config.output.format = beacond::format::OutputFormat::Json;
+    config.output.format = beacond::format::OutputFormat::Json.into();
     config.kafka.partitioning = beacond::config::Partitioning::ClientIp;
     let svc = Running::start(config).await;
     svc.wait_ready().await;

@@ -77,6 +77,7 @@ fuzz_target!(|input: Input| {
                     OutputFormat::Json => {
                         assert!(is_json_object(&out), "{}", String::from_utf8_lossy(&out));
                     }
+                    OutputFormat::EventPlatform => unreachable!("not a line format"),
                 }
             }
         }

@@ -588,6 +588,34 @@ impl<S: MessageSink> EventIntake<S> {
         self.answer(tally)
     }
 
+    /// The rules in force (the legacy bridge resolves schemas with them).
+    pub fn current_rules(&self) -> Arc<EventRules> {
+        self.rules.load_full()
+    }
+
+    /// The legacy bridge's hand-off: one converted beacon through `rules`
+    /// and into the sink, exactly as an event of `POST /v1/events` (counted
+    /// the same; an invalid one's error event to the error stream). A spool
+    /// reply to await goes to `pending`; a valid event the sink refuses is
+    /// the error.
+    pub fn hand_off_converted(
+        &self,
+        rules: &EventRules,
+        event: serde_json::Value,
+        ctx: &EventContext<'_>,
+        pending: &mut Vec<crate::spool::AppendReply>,
+    ) -> Result<EventOutcome, EnqueueError> {
+        let mut tally = Tally::default();
+        self.hand_off(rules, std::iter::once(event), ctx, &mut tally, pending)?;
+        Ok(if tally.accepted > 0 {
+            EventOutcome::Accepted
+        } else if !tally.invalid.is_empty() {
+            EventOutcome::Invalid
+        } else {
+            EventOutcome::Error
+        })
+    }
+
     /// The synchronous part: each event through the rules and into the
     /// sink; the spool replies to await go to `pending`. Stops at the first
     /// valid event the sink refuses (the request is then answered 503).

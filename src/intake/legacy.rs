@@ -22,6 +22,7 @@ use http_body_util::Full;
 use hyper::body::Body;
 use prometheus_client::metrics::counter::Counter;
 
+use super::events::{EventIntake, EventOutcome};
 use super::{
     drain_body, empty, overloaded, plain, spooled, too_many_requests, user_agent, Admission,
     BodyError, BoxError, ClientGate, RefusalReason,
@@ -29,18 +30,21 @@ use super::{
 use crate::config::{Config, Partitioning};
 use crate::decode::{decode_beacon, RejectReason};
 use crate::format::{write_error_record, OutputFormat, MAX_KEY_BYTES};
+use crate::legacy_conversion::{convert, LegacyConverter};
 use crate::meta::{BeaconMeta, ReceiveTime, SequenceCounter};
 use crate::metrics::{CounterSet, LabelSet, Metrics};
 use crate::sink::{EnqueueError, Enqueued, MessageSink, OutboundMessage};
 use crate::spool::AppendReply;
+use crate::validation::EventContext;
 
 /// What became of a beacon.
 #[derive(Debug)]
 pub enum Outcome {
     /// In the sink; answered 204.
     Accepted,
-    /// On its way to the spool; answered 204 once written, 503 if refused.
-    Spooling(AppendReply),
+    /// On its way to the spool (the line, the converted event, or both);
+    /// answered 204 once every one is written, 503 if one is refused.
+    Spooling(Vec<AppendReply>),
     /// Malformed; answered 4xx.
     Rejected(RejectReason),
     /// Valid, but the sink could not take it; answered 503.
@@ -78,10 +82,46 @@ impl LabelSet for RejectReason {
     }
 }
 
+/// What became of a beacon's conversion (`output.format = "event_platform"`),
+/// for `beacond_beacons_converted_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Conversion {
+    /// Valid, handed to the sink for its `eventlogging_<Schema>` stream.
+    Accepted,
+    /// Invalid: its error event went to the error stream; still 204.
+    Invalid,
+    /// Errored (stream not configured, title mismatch, not producible).
+    Errored,
+    /// No schema name, or no version of it known.
+    UnknownSchema,
+}
+
+impl LabelSet for Conversion {
+    const NAME: &'static str = "outcome";
+    const ALL: &'static [Self] = &[
+        Conversion::Accepted,
+        Conversion::Invalid,
+        Conversion::Errored,
+        Conversion::UnknownSchema,
+    ];
+    fn as_str(self) -> &'static str {
+        match self {
+            Conversion::Accepted => "accepted",
+            Conversion::Invalid => "invalid",
+            Conversion::Errored => "errored",
+            Conversion::UnknownSchema => "unknown_schema",
+        }
+    }
+}
+
 /// The beacon endpoint.
 pub struct BeaconIntake<S> {
     limits: Limits,
-    format: OutputFormat,
+    /// The line written to `kafka.topic`, if any.
+    line: Option<OutputFormat>,
+    /// Set when the converted event is written too (`event_platform`).
+    converter: Option<LegacyConverter>,
+    converted: CounterSet<Conversion>,
     partitioning: Partitioning,
     hostname: Box<str>,
     seq: SequenceCounter,
@@ -115,7 +155,16 @@ impl<S: MessageSink> BeaconIntake<S> {
                 max_body_bytes: http.max_body_bytes,
                 body_timeout: Duration::from_millis(http.header_read_timeout_ms),
             },
-            format: config.output.format,
+            line: config.output.format.line(),
+            converter: config
+                .output
+                .format
+                .event_platform()
+                .then(|| LegacyConverter::new(&config.events.legacy_schema_versions)),
+            converted: metrics.counter_set(
+                "beacons_converted",
+                "Beacons converted to Event Platform events, by outcome",
+            ),
             partitioning: config.kafka.partitioning,
             hostname: config
                 .output
@@ -141,6 +190,7 @@ impl<S: MessageSink> BeaconIntake<S> {
         req: Request<B>,
         peer: SocketAddr,
         gate: &ClientGate,
+        events: Option<&EventIntake<S>>,
     ) -> Response<Full<Bytes>>
     where
         B: Body,
@@ -172,15 +222,22 @@ impl<S: MessageSink> BeaconIntake<S> {
             peer.ip(),
             ReceiveTime::now(),
             gate,
+            events,
         );
         let outcome = match outcome {
-            Outcome::Spooling(reply) => match spooled(reply).await {
-                Ok(()) => {
-                    self.accepted.inc();
-                    Outcome::Accepted
+            Outcome::Spooling(replies) => {
+                let mut outcome = Outcome::Accepted;
+                for reply in replies {
+                    if let Err(e) = spooled(reply).await {
+                        outcome = self.refuse(e);
+                        break;
+                    }
                 }
-                Err(e) => self.refuse(e),
-            },
+                if matches!(outcome, Outcome::Accepted) {
+                    self.accepted.inc();
+                }
+                outcome
+            }
             other => other,
         };
         match outcome {
@@ -193,7 +250,9 @@ impl<S: MessageSink> BeaconIntake<S> {
     }
 
     /// The synchronous heart of the endpoint: validates a beacon, attaches its
-    /// metadata, formats it and hands it to the sink.
+    /// metadata, formats it and hands it to the sink; with `event_platform`
+    /// (and `events`, the events intake), converts it and hands the event over
+    /// by the events' rules too.
     pub fn accept(
         &self,
         raw_query: Option<&str>,
@@ -201,6 +260,7 @@ impl<S: MessageSink> BeaconIntake<S> {
         peer: IpAddr,
         received: ReceiveTime,
         gate: &ClientGate,
+        events: Option<&EventIntake<S>>,
     ) -> Outcome {
         let raw_query = raw_query.unwrap_or("");
         let user_agent = user_agent(headers);
@@ -221,9 +281,15 @@ impl<S: MessageSink> BeaconIntake<S> {
         SCRATCH.with(|scratch| {
             let Ok(mut scratch) = scratch.try_borrow_mut() else {
                 // Not reachable: nothing below re-enters. Fall back to fresh buffers.
-                return self.accept_with(raw_query, &mut meta, &mut Scratch::default());
+                return self.accept_with(
+                    raw_query,
+                    &mut meta,
+                    &mut Scratch::default(),
+                    events,
+                    headers,
+                );
             };
-            self.accept_with(raw_query, &mut meta, &mut scratch)
+            self.accept_with(raw_query, &mut meta, &mut scratch, events, headers)
         })
     }
 
@@ -232,6 +298,8 @@ impl<S: MessageSink> BeaconIntake<S> {
         raw_query: &str,
         meta: &mut BeaconMeta<'_>,
         scratch: &mut Scratch,
+        events: Option<&EventIntake<S>>,
+        headers: &HeaderMap,
     ) -> Outcome {
         if meta.user_agent.len() > self.limits.max_user_agent_bytes {
             meta.user_agent = &meta.user_agent[..self.limits.max_user_agent_bytes];
@@ -247,25 +315,101 @@ impl<S: MessageSink> BeaconIntake<S> {
                 Ok(capsule) => capsule,
                 Err(reason) => return self.reject(reason, raw_query, meta, &mut scratch.line),
             };
-        meta.seq = Some(self.seq.next());
-        scratch.line.clear();
-        self.format
-            .write_line(raw_query, capsule, meta, &mut scratch.line);
-        let mut key_buf = [0u8; MAX_KEY_BYTES];
-        let key = match self.partitioning {
-            Partitioning::Random => None,
-            Partitioning::ClientIp => Some(ip_text(meta.client_ip, &mut key_buf)),
-        };
-        match self
-            .sink
-            .enqueue(&OutboundMessage::beacon(&scratch.line, key))
-        {
-            Ok(Enqueued::Queued) => {
-                self.accepted.inc();
-                Outcome::Accepted
+        // The conversion's target first: a beacon refused for it gets no
+        // sequence number. With a line written too, it is not refused.
+        let mut conversion = None;
+        if let (Some(converter), Some(events)) = (&self.converter, events) {
+            let rules = events.current_rules();
+            let parsed =
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(capsule);
+            let target = parsed.as_ref().ok().and_then(|capsule| {
+                converter
+                    .target(capsule, rules.validator.schema_repository())
+                    .ok()
+            });
+            match (parsed, target) {
+                (Ok(parsed), Some(target)) => conversion = Some((events, rules, parsed, target)),
+                _ => {
+                    self.converted.inc(Conversion::UnknownSchema);
+                    if self.line.is_none() {
+                        return self.reject(
+                            RejectReason::UnknownLegacySchema,
+                            raw_query,
+                            meta,
+                            &mut scratch.line,
+                        );
+                    }
+                }
             }
-            Ok(Enqueued::Spooling(reply)) => Outcome::Spooling(reply),
-            Err(e) => self.refuse(e),
+        }
+        if self.line.is_none() && conversion.is_none() && events.is_none() {
+            // `event_platform` alone without the events intake: refused by the
+            // config check; never answer 204 for a beacon written nowhere.
+            return self.reject(
+                RejectReason::LegacyEventErrored,
+                raw_query,
+                meta,
+                &mut scratch.line,
+            );
+        }
+        meta.seq = Some(self.seq.next());
+        let mut replies = Vec::new();
+        if let Some(format) = self.line {
+            scratch.line.clear();
+            format.write_line(raw_query, capsule, meta, &mut scratch.line);
+            let mut key_buf = [0u8; MAX_KEY_BYTES];
+            let key = match self.partitioning {
+                Partitioning::Random => None,
+                Partitioning::ClientIp => Some(ip_text(meta.client_ip, &mut key_buf)),
+            };
+            match self
+                .sink
+                .enqueue(&OutboundMessage::beacon(&scratch.line, key))
+            {
+                Ok(Enqueued::Queued) => {}
+                Ok(Enqueued::Spooling(reply)) => replies.push(reply),
+                Err(e) => return self.refuse(e),
+            }
+        }
+        if let Some((events, rules, parsed, target)) = conversion {
+            let event = convert(parsed, &target, meta);
+            let received = time::OffsetDateTime::from_unix_timestamp(meta.received.unix_seconds())
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+                + time::Duration::milliseconds(i64::from(meta.received.millis()));
+            let ctx = EventContext {
+                received,
+                request_id: headers.get("x-request-id").and_then(|v| v.to_str().ok()),
+                user_agent: std::str::from_utf8(meta.user_agent)
+                    .ok()
+                    .filter(|s| !s.is_empty()),
+                client_ip: Some(meta.client_ip),
+            };
+            // A refusal here after the line was taken makes the beacon a 503
+            // all the same: a client retry may duplicate the line.
+            match events.hand_off_converted(&rules, event, &ctx, &mut replies) {
+                Ok(EventOutcome::Accepted) => self.converted.inc(Conversion::Accepted),
+                // Still 204: the browser cannot act on it; its error event is
+                // on its way to the error stream.
+                Ok(EventOutcome::Invalid) => self.converted.inc(Conversion::Invalid),
+                Ok(EventOutcome::Error) => {
+                    self.converted.inc(Conversion::Errored);
+                    if self.line.is_none() {
+                        return self.reject(
+                            RejectReason::LegacyEventErrored,
+                            raw_query,
+                            meta,
+                            &mut scratch.line,
+                        );
+                    }
+                }
+                Err(e) => return self.refuse(e),
+            }
+        }
+        if replies.is_empty() {
+            self.accepted.inc();
+            Outcome::Accepted
+        } else {
+            Outcome::Spooling(replies)
         }
     }
 
@@ -307,5 +451,6 @@ mod tests {
     #[test]
     fn reject_reasons_are_a_sound_label_set() {
         crate::metrics::check_label_set::<crate::decode::RejectReason>().unwrap();
+        crate::metrics::check_label_set::<super::Conversion>().unwrap();
     }
 }

@@ -124,7 +124,11 @@ impl<S: MessageSink> Intake<S> {
         };
         let response = match (route.protocol, &self.events) {
             (Protocol::Events, Some(events)) => events.respond(req, peer, &self.gate).await,
-            _ => self.beacons.respond(req, peer, &self.gate).await,
+            _ => {
+                self.beacons
+                    .respond(req, peer, &self.gate, self.events.as_ref())
+                    .await
+            }
         };
         route.counters.count(response.status());
         response
@@ -138,8 +142,14 @@ impl<S: MessageSink> Intake<S> {
         peer: IpAddr,
         received: crate::meta::ReceiveTime,
     ) -> Outcome {
-        self.beacons
-            .accept(raw_query, headers, peer, received, &self.gate)
+        self.beacons.accept(
+            raw_query,
+            headers,
+            peer,
+            received,
+            &self.gate,
+            self.events.as_ref(),
+        )
     }
 }
 

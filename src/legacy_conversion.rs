@@ -1,0 +1,184 @@
+//! The legacy bridge's conversion: a decoded EventLogging capsule
+//! (`{schema, revision, event, webHost, wiki, ...}`) into the Event Platform
+//! event EventLogging's `EventLoggingLegacyConverter` would make of it, for
+//! `output.format = "event_platform"`.
+//!
+//! Owns: which schema a capsule gets (`events.legacy_schema_versions`, else
+//! the highest version of `/analytics/legacy/<name lowercased>/` in the
+//! schema repositories), its stream (`eventlogging_<name>`), and the fields
+//! we add: `$schema`, `meta.stream`, `dt` and `client_dt` (the receive time,
+//! milliseconds, `Z`), `recvFrom`, `seqId`, `uuid` (the EventLogging
+//! processor's uuid5, computed by [`crate::format::push_processor_uuid`], so
+//! downstream deduplication works as with the processor; the PHP converter
+//! has no seqId and uses a random uuid4), `http.request_headers.user-agent`,
+//! and `http.client_ip` (the trusted-proxy rule's address) where the schema
+//! has that field. The capsule's own fields are kept and win, as in the
+//! processor (for `meta` and `http`, member by member); `uuid` is always
+//! computed, from the `recvFrom`, `seqId` and `dt` that won.
+//!
+//! What comes after (stream check, fill-ins, validation, topic routing, error
+//! events) is [`crate::validation::EventValidator::check`]'s, as for
+//! `POST /v1/events`.
+//!
+//! Must never: know of HTTP or Kafka, read a file, or put a capsule's text
+//! into a schema URI it has not checked (names are ASCII letters, digits, `_`).
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use crate::meta::BeaconMeta;
+use crate::schema_repository::SchemaRepository;
+
+/// The longest schema name converted.
+const MAX_SCHEMA_NAME: usize = 128;
+
+/// Why a capsule cannot be converted (the PHP converter throws).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConversionRefused {
+    /// `schema` is missing, not a string, or not a plain name.
+    #[error("capsule has no usable schema name")]
+    NoSchemaName,
+    /// Neither `events.legacy_schema_versions` nor the schema repositories
+    /// know a version of the schema.
+    #[error("no version of the capsule's schema is known")]
+    UnknownSchema,
+}
+
+/// Where a capsule's converted event goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyTarget {
+    /// `/analytics/legacy/<name lowercased>/<version>`.
+    pub schema_uri: String,
+    /// `eventlogging_<name>`.
+    pub stream: String,
+    /// The schema (when the repository has it) defines `http.client_ip`.
+    pub client_ip_field: bool,
+}
+
+/// The converter of one config: the per-schema version map.
+#[derive(Debug, Clone, Default)]
+pub struct LegacyConverter {
+    versions: HashMap<String, String>,
+}
+
+impl LegacyConverter {
+    /// `versions`: schema name (as the capsule spells it) -> version.
+    pub fn new<'a>(versions: impl IntoIterator<Item = (&'a String, &'a String)>) -> Self {
+        Self {
+            versions: versions
+                .into_iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    /// The schema and stream of a capsule's converted event.
+    pub fn target(
+        &self,
+        capsule: &Map<String, Value>,
+        schemas: &SchemaRepository,
+    ) -> Result<LegacyTarget, ConversionRefused> {
+        let name = capsule
+            .get("schema")
+            .and_then(Value::as_str)
+            .filter(|n| {
+                !n.is_empty()
+                    && n.len() <= MAX_SCHEMA_NAME
+                    && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            })
+            .ok_or(ConversionRefused::NoSchemaName)?;
+        let title = format!("/analytics/legacy/{}", name.to_ascii_lowercase());
+        let (schema_uri, schema) = match self.versions.get(name) {
+            Some(version) => {
+                let uri = format!("{title}/{version}");
+                let schema = schemas.resolve(&uri, false).ok();
+                (uri, schema)
+            }
+            None => {
+                let latest = schemas
+                    .resolve(&format!("{title}/latest"), false)
+                    .map_err(|_| ConversionRefused::UnknownSchema)?;
+                (format!("{title}/{}", latest.version), Some(latest))
+            }
+        };
+        Ok(LegacyTarget {
+            schema_uri,
+            stream: format!("eventlogging_{name}"),
+            client_ip_field: schema.is_some_and(|s| s.fill_ins.client_ip),
+        })
+    }
+}
+
+/// The converted event of a capsule (see the module docs). `meta` is the
+/// beacon's: its receive time (with milliseconds), sequence number, host
+/// name, user agent and client address.
+pub fn convert(
+    mut capsule: Map<String, Value>,
+    target: &LegacyTarget,
+    meta: &BeaconMeta<'_>,
+) -> Value {
+    // The uuid first, from the capsule's recvFrom/seqId/dt where it has them.
+    let raw = |key: &str| {
+        capsule
+            .get(key)
+            .and_then(|v| serde_json::value::to_raw_value(v).ok())
+    };
+    let (recv_from, seq_id, dt) = (raw("recvFrom"), raw("seqId"), raw("dt"));
+    let mut uuid = Vec::with_capacity(32);
+    crate::format::push_processor_uuid(
+        recv_from.as_deref(),
+        seq_id.as_deref(),
+        dt.as_deref(),
+        meta,
+        &mut uuid,
+    );
+    let uuid = String::from_utf8_lossy(&uuid).into_owned();
+
+    let mut dt = String::with_capacity(24);
+    dt.push_str(&String::from_utf8_lossy(&meta.received.formatted()));
+    dt.push_str(&format!(".{:03}Z", meta.received.millis()));
+
+    let mut ours = |key: &str, value: Value| {
+        capsule.entry(key).or_insert(value);
+    };
+    ours("$schema", Value::String(target.schema_uri.clone()));
+    ours("dt", Value::String(dt.clone()));
+    ours("client_dt", Value::String(dt));
+    ours("recvFrom", Value::String(meta.hostname.to_owned()));
+    ours("seqId", Value::from(meta.seq.unwrap_or(0)));
+    capsule.insert("uuid".into(), Value::String(uuid));
+
+    let meta_obj = capsule
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(m) = meta_obj {
+        m.entry("stream")
+            .or_insert_with(|| Value::String(target.stream.clone()));
+    }
+    let user_agent = (!meta.user_agent.is_empty())
+        .then(|| String::from_utf8_lossy(meta.user_agent).into_owned());
+    if user_agent.is_some() || target.client_ip_field {
+        let http = capsule
+            .entry("http")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(http) = http {
+            if let Some(ua) = user_agent {
+                let headers = http
+                    .entry("request_headers")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(headers) = headers {
+                    headers.entry("user-agent").or_insert(Value::String(ua));
+                }
+            }
+            if target.client_ip_field {
+                http.entry("client_ip")
+                    .or_insert_with(|| Value::String(meta.client_ip.to_string()));
+            }
+        }
+    }
+    Value::Object(capsule)
+}
+
+#[cfg(test)]
+mod tests;
