@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use beacond::config::PropertyValue;
 use beacond::metrics::Metrics;
 use beacond::sink::{Destination, EnqueueError, Enqueued, KafkaSink, MessageSink, OutboundMessage};
+use beacond::spool::segment::version_1;
 use beacond::spool::Spool;
 use common::*;
 use rdkafka::mocking::MockCluster;
@@ -211,25 +212,6 @@ async fn events_for_two_topics_survive_an_outage_each_on_its_own_topic() {
     .await;
 }
 
-/// A version 1 record as beacond before topics wrote it (ARCHITECTURE.md,
-/// "The spool on disk", v1): `body_len u32 | crc32c(body) u32 | body`,
-/// `body = appended_unix_ms u64 | key_len u16 (0xFFFF: none) | key | line`.
-fn v1_record(appended_unix_ms: u64, key: Option<&[u8]>, line: &[u8]) -> Vec<u8> {
-    let mut body = appended_unix_ms.to_le_bytes().to_vec();
-    match key {
-        Some(k) => {
-            body.extend_from_slice(&(k.len() as u16).to_le_bytes());
-            body.extend_from_slice(k);
-        }
-        None => body.extend_from_slice(&0xFFFFu16.to_le_bytes()),
-    }
-    body.extend_from_slice(line);
-    let mut out = (body.len() as u32).to_le_bytes().to_vec();
-    out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-    out.extend_from_slice(&body);
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spool_left_by_the_previous_version_is_delivered_to_the_beacon_topic() {
     let mock = MockCluster::new(1).expect("mock cluster");
@@ -238,15 +220,13 @@ async fn a_spool_left_by_the_previous_version_is_delivered_to_the_beacon_topic()
     let brokers = mock.bootstrap_servers();
     let config = test_config(&brokers, &topic);
     // The old version's spool: a v1 segment ("BCNSPOOL", version 1).
-    let mut segment = b"BCNSPOOL".to_vec();
-    segment.extend_from_slice(&1u32.to_le_bytes());
-    segment.extend_from_slice(&0u32.to_le_bytes());
+    let mut segment = version_1::header();
     let lines: Vec<String> = (0..20)
         .map(|i| format!("?%7B%22event%22%3A%7B%22id%22%3A%22v1-{i}%22%7D%7D;\thost\t{i}\t2026-01-01T00:00:00\t192.0.2.1\t\"ua\""))
         .collect();
     for (i, line) in lines.iter().enumerate() {
         let key: Option<&[u8]> = (i % 2 == 0).then_some(b"192.0.2.1");
-        segment.extend_from_slice(&v1_record(
+        segment.extend_from_slice(&version_1::record(
             1_700_000_000_000 + i as u64,
             key,
             line.as_bytes(),

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use beacond::config::{Config, PropertyValue, SpoolMode};
+use beacond::spool::segment::version_1;
 use common::*;
 use rdkafka::mocking::MockCluster;
 
@@ -377,38 +378,19 @@ async fn events_accepted_while_the_broker_is_down_are_spooled_at_shutdown_and_de
     svc.stop().await;
 }
 
-/// A version 1 record (ARCHITECTURE.md, "The spool on disk", v1).
-fn v1_record(appended_unix_ms: u64, key: Option<&[u8]>, line: &[u8]) -> Vec<u8> {
-    let mut body = appended_unix_ms.to_le_bytes().to_vec();
-    match key {
-        Some(k) => {
-            body.extend_from_slice(&(k.len() as u16).to_le_bytes());
-            body.extend_from_slice(k);
-        }
-        None => body.extend_from_slice(&0xFFFFu16.to_le_bytes()),
-    }
-    body.extend_from_slice(line);
-    let mut out = (body.len() as u32).to_le_bytes().to_vec();
-    out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-    out.extend_from_slice(&body);
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v1_spool_and_new_events_after_the_upgrade_each_reach_their_topic() {
     let mock = MockCluster::new(1).expect("mock cluster");
     let (config, prefix) = mock_events_config(&mock, "ev-v1");
     let brokers = mock.bootstrap_servers();
     // The old version's spool: a v1 segment of beacons.
-    let mut segment = b"BCNSPOOL".to_vec();
-    segment.extend_from_slice(&1u32.to_le_bytes());
-    segment.extend_from_slice(&0u32.to_le_bytes());
+    let mut segment = version_1::header();
     let lines: Vec<String> = (0..30)
         .map(|i| format!("?%7B%22event%22%3A%7B%22id%22%3A%22v1-{i}%22%7D%7D;\thost\t{i}\t2026-01-01T00:00:00\t192.0.2.1\t\"ua\""))
         .collect();
     for (i, line) in lines.iter().enumerate() {
         let key: Option<&[u8]> = (i % 2 == 0).then_some(b"192.0.2.1");
-        segment.extend_from_slice(&v1_record(
+        segment.extend_from_slice(&version_1::record(
             1_700_000_000_000 + i as u64,
             key,
             line.as_bytes(),

@@ -452,6 +452,39 @@ pub fn scan_segment(path: &Path, from: u64) -> Result<SegmentScan, SegmentError>
     Ok(scan)
 }
 
+/// The previous (version 1) format, written byte for byte as beacond wrote it
+/// before records named their topic. Only for tests of the upgrade path
+/// (unit and end to end); the service writes version 2 only.
+#[doc(hidden)]
+pub mod version_1 {
+    /// A segment header: `"BCNSPOOL" | 1u32 LE | 0u32`.
+    pub fn header() -> Vec<u8> {
+        let mut h = super::SEGMENT_MAGIC.to_vec();
+        h.extend_from_slice(&1u32.to_le_bytes());
+        h.extend_from_slice(&0u32.to_le_bytes());
+        h
+    }
+
+    /// A record: `body_len u32 | crc32c(body) u32 | body`, `body =
+    /// appended_unix_ms u64 | key_len u16 (0xFFFF: none) | key | line`, all
+    /// little-endian.
+    pub fn record(appended_unix_ms: u64, key: Option<&[u8]>, line: &[u8]) -> Vec<u8> {
+        let mut body = appended_unix_ms.to_le_bytes().to_vec();
+        match key {
+            Some(k) => {
+                body.extend_from_slice(&(k.len() as u16).to_le_bytes());
+                body.extend_from_slice(k);
+            }
+            None => body.extend_from_slice(&0xFFFFu16.to_le_bytes()),
+        }
+        body.extend_from_slice(line);
+        let mut out = (body.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
@@ -483,33 +516,6 @@ pub(super) mod tests {
 
     fn record(i: u64, key: Option<&[u8]>) -> Vec<u8> {
         record_to(i, Destination::Beacons, key)
-    }
-
-    /// A version 1 record, byte for byte as beacond before topics wrote it:
-    /// `body_len u32 | crc32c u32 | appended_unix_ms u64 | key_len u16
-    /// (0xFFFF: none) | key | line`, all little-endian.
-    pub(crate) fn v1_record(appended_unix_ms: u64, key: Option<&[u8]>, line: &[u8]) -> Vec<u8> {
-        let mut body = appended_unix_ms.to_le_bytes().to_vec();
-        match key {
-            Some(k) => {
-                body.extend_from_slice(&(k.len() as u16).to_le_bytes());
-                body.extend_from_slice(k);
-            }
-            None => body.extend_from_slice(&0xFFFFu16.to_le_bytes()),
-        }
-        body.extend_from_slice(line);
-        let mut out = (body.len() as u32).to_le_bytes().to_vec();
-        out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        out.extend_from_slice(&body);
-        out
-    }
-
-    /// A version 1 segment header: `"BCNSPOOL" | 1u32 LE | 0u32`.
-    pub(crate) fn v1_header() -> Vec<u8> {
-        let mut h = b"BCNSPOOL".to_vec();
-        h.extend_from_slice(&1u32.to_le_bytes());
-        h.extend_from_slice(&0u32.to_le_bytes());
-        h
     }
 
     #[test]
@@ -650,14 +656,14 @@ pub(super) mod tests {
     fn version_1_segments_are_read_as_beacons() {
         let dir = temp_dir("v1");
         let path = dir.join(segment_file_name(1));
-        let mut bytes = v1_header();
+        let mut bytes = version_1::header();
         for i in 0..20u64 {
             let key: Option<&[u8]> = if i % 2 == 0 {
                 Some(b"198.51.100.7")
             } else {
                 None
             };
-            bytes.extend_from_slice(&v1_record(5_000 + i, key, line(i).as_bytes()));
+            bytes.extend_from_slice(&version_1::record(5_000 + i, key, line(i).as_bytes()));
         }
         std::fs::write(&path, &bytes).unwrap();
         let r = SegmentReader::open(&path).unwrap();
@@ -691,7 +697,7 @@ pub(super) mod tests {
         let scan = scan_segment(&path, 0).unwrap();
         assert_eq!(scan.records, 19);
         assert_eq!(scan.damage.unwrap().1, Damage::TornBody);
-        let rec_len = v1_record(0, Some(b"198.51.100.7"), line(0).as_bytes()).len();
+        let rec_len = version_1::record(0, Some(b"198.51.100.7"), line(0).as_bytes()).len();
         let mut flipped = bytes.clone();
         flipped[SEGMENT_HEADER_LEN as usize + rec_len + 30] ^= 0x20;
         std::fs::write(&path, &flipped).unwrap();
@@ -711,7 +717,7 @@ pub(super) mod tests {
         assert_eq!(w.len(), SEGMENT_HEADER_LEN);
         // An unknown version is a bad header, not guessed at.
         let path = dir.join(segment_file_name(2));
-        let mut h = v1_header();
+        let mut h = version_1::header();
         h[8..12].copy_from_slice(&3u32.to_le_bytes());
         std::fs::write(&path, &h).unwrap();
         assert!(matches!(

@@ -433,14 +433,14 @@ fn events_keep_their_topic_through_the_spool_and_a_restart() {
 
 #[test]
 fn a_version_1_spool_is_replayed_as_beacons_after_the_upgrade() {
-    use segment::tests::{v1_header, v1_record};
+    use segment::version_1;
     use segment::Destination;
     let d = dir("v1-upgrade");
     std::fs::create_dir_all(&d).unwrap();
     // What beacond before topics left behind: one v1 segment, a ledger
     // saying the first record was acknowledged.
-    let mut bytes = v1_header();
-    let first = v1_record(1_000, Some(b"203.0.113.9"), &line(0));
+    let mut bytes = version_1::header();
+    let first = version_1::record(1_000, Some(b"203.0.113.9"), &line(0));
     bytes.extend_from_slice(&first);
     for i in 1..10 {
         let key: Option<&[u8]> = if i % 2 == 0 {
@@ -448,7 +448,7 @@ fn a_version_1_spool_is_replayed_as_beacons_after_the_upgrade() {
         } else {
             None
         };
-        bytes.extend_from_slice(&v1_record(1_000 + i as u64, key, &line(i)));
+        bytes.extend_from_slice(&version_1::record(1_000 + i as u64, key, &line(i)));
     }
     std::fs::write(d.join(segment_file_name(4)), &bytes).unwrap();
     std::fs::write(
