@@ -1323,3 +1323,50 @@ async fn events_the_sink_cannot_take_are_answered_503_with_retry_after() {
     assert_eq!(get(svc.admin, "/readyz", &[]).await.status, 503);
     svc.stop().await;
 }
+
+/// A valid event for a stream whose topic the cluster lacks (once the
+/// sink's topic list is known) is an *error* item (500), counted as
+/// `unknown_topic`, never a 2xx: accepting it would only lose it later.
+/// Until the probe thread has fetched the list, such events are accepted
+/// (and spooled if need be); so each try names a stream of its own (the
+/// regex key `product_metrics.web_base.*`) whose topic nobody created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_event_for_a_topic_the_cluster_lacks_is_an_error_item() {
+    let Some(brokers) = broker() else { return };
+    let prefix = unique_prefix("ev-notopic");
+    create_event_topics(&brokers, &prefix, &[]).await;
+    let svc = Running::start(config_with_broker(&brokers, &prefix)).await;
+    let headers = [("Content-Type", "application/json")];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut tries = 0;
+    let body = loop {
+        tries += 1;
+        let stream = format!("{WEB_STREAM}.missing{tries}");
+        let event = with(
+            web_base("en.wikipedia.org", "click"),
+            &["meta", "stream"],
+            json!(stream),
+        );
+        let r = post(svc.beacon, "/v1/events", &headers, &one(&event)).await;
+        if r.status == 500 {
+            break serde_json::from_slice::<Value>(&r.body).unwrap();
+        }
+        assert_eq!(r.status, 201, "{}", r.body_text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never refused for its topic"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["error"].as_array().map(Vec::len), Some(1), "{body}");
+    let message = body["error"][0]["context"]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(message.contains("does not exist"), "{body}");
+    let m = svc.metrics().await;
+    assert_eq!(
+        m.get("beacond_events_errored_total{reason=\"unknown_topic\"}"),
+        1.0
+    );
+    svc.stop().await;
+}

@@ -50,7 +50,7 @@ const EVENTS_PER_TURN: usize = 64;
 
 /// What librdkafka may add to a message's size before `message.max.bytes`.
 const MESSAGE_OVERHEAD: usize = 512;
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Why a whole request was refused before any event was looked at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -636,19 +636,8 @@ impl<S: MessageSink> EventIntake<S> {
                 .validation_seconds
                 .observe(started.elapsed().as_secs_f64());
             let verdict = match verdict {
-                EventVerdict::Accepted(accepted) => match self.deliverable(&accepted, &out) {
+                EventVerdict::Accepted(accepted) => match self.produce(&accepted, &out, pending)? {
                     Ok(()) => {
-                        let message = OutboundMessage {
-                            destination: Destination::Event {
-                                topic: &accepted.topic,
-                            },
-                            key: accepted.key.as_deref(),
-                            payload: &out,
-                        };
-                        match self.sink.enqueue(&message)? {
-                            Enqueued::Queued => {}
-                            Enqueued::Spooling(reply) => pending.push(reply),
-                        }
                         rules
                             .counters
                             .count(Some(&accepted.stream_key), EventOutcome::Accepted);
@@ -696,32 +685,47 @@ impl<S: MessageSink> EventIntake<S> {
         Ok(())
     }
 
-    /// Whether a valid event can be produced at all: its topic exists (as
-    /// far as the sink knows; unknown yet counts as yes) and it fits the
-    /// producer's message size limit.
-    fn deliverable(
+    /// Hands a valid event to the sink; a spool reply to await goes to
+    /// `pending`. `Ok(Err(..))`: it can never be produced, and becomes an
+    /// *error* item: larger than the producer's `message.max.bytes`, or for a
+    /// topic the cluster is known not to have (the sink's own check).
+    /// `Err`: the sink cannot take it now (the request is answered 503).
+    fn produce(
         &self,
         accepted: &Accepted,
         payload: &[u8],
-    ) -> Result<(), (ErrorReason, String)> {
+        pending: &mut Vec<crate::spool::AppendReply>,
+    ) -> Result<Result<(), (ErrorReason, String)>, EnqueueError> {
         // librdkafka counts the key and some framing against the limit too.
         let size = payload.len() + accepted.key.as_ref().map_or(0, Vec::len);
         if size + MESSAGE_OVERHEAD > self.limits.max_message_bytes {
-            return Err((
+            return Ok(Err((
                 ErrorReason::MessageTooLarge,
                 format!(
                     "event of {} bytes is larger than the producer's message.max.bytes ({})",
                     size, self.limits.max_message_bytes
                 ),
-            ));
+            )));
         }
-        if self.sink.topic_exists(&accepted.topic) == Some(false) {
-            return Err((
-                ErrorReason::UnknownTopic,
-                format!("topic {} does not exist in Kafka", accepted.topic),
-            ));
+        let message = OutboundMessage {
+            destination: Destination::Event {
+                topic: &accepted.topic,
+            },
+            key: accepted.key.as_deref(),
+            payload,
+        };
+        match self.sink.enqueue(&message) {
+            Ok(Enqueued::Queued) => {}
+            Ok(Enqueued::Spooling(reply)) => pending.push(reply),
+            Err(EnqueueError::UnknownTopic) => {
+                return Ok(Err((
+                    ErrorReason::UnknownTopic,
+                    format!("topic {} does not exist in Kafka", accepted.topic),
+                )))
+            }
+            Err(e) => return Err(e),
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// EventGate's answer for a processed request.

@@ -378,7 +378,9 @@ impl<S: MessageSink> BeaconIntake<S> {
                 + time::Duration::milliseconds(i64::from(meta.received.millis()));
             let ctx = EventContext {
                 received,
-                request_id: headers.get("x-request-id").and_then(|v| v.to_str().ok()),
+                request_id: headers
+                    .get(&super::events::X_REQUEST_ID)
+                    .and_then(|v| v.to_str().ok()),
                 user_agent: std::str::from_utf8(meta.user_agent)
                     .ok()
                     .filter(|s| !s.is_empty()),
