@@ -8,8 +8,8 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,78 +81,8 @@ async fn try_post(addr: SocketAddr, body: &[u8]) -> Option<HttpResponse> {
     raw_request(addr, &raw).await.ok()
 }
 
-/// A child `beacond` whose stderr goes to a file we can read while it runs.
-struct Beacond {
-    child: Child,
-    log: PathBuf,
-    beacon: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Beacond {
-    fn start(dir: &Path, config: &Path, ports: (u16, u16)) -> Beacond {
-        let log = dir.join("beacond.log");
-        let child = Command::new(BIN)
-            .args(["--config", config.to_str().unwrap()])
-            .env("BEACOND_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Beacond {
-            child,
-            log,
-            beacon: format!("127.0.0.1:{}", ports.0).parse().unwrap(),
-            admin: format!("127.0.0.1:{}", ports.1).parse().unwrap(),
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {sig}");
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn metrics(&self) -> Metrics {
-        Metrics::parse(&get(self.admin, "/metrics", &[]).await.body_text())
-    }
-
-    /// Polls until the reload counter `result` reaches `n`.
-    async fn wait_reloads(&self, result: &str, n: f64) {
-        let key = format!("beacond_event_rules_reloads_total{{result=\"{result}\"}}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.metrics().await.get(&key) < n {
-            assert!(
-                Instant::now() < deadline,
-                "{key} never reached {n}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM, then the exit status within 30 s.
-    fn stop(mut self) -> (Option<i32>, String) {
-        self.signal("-TERM");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let exit = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("no exit within 30 s of SIGTERM; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        (exit.code(), self.log())
-    }
+fn reloads(result: &str) -> String {
+    format!("beacond_event_rules_reloads_total{{result=\"{result}\"}}")
 }
 
 /// What the posts across the reloads saw.
@@ -212,7 +142,7 @@ fn sighup_reloads_the_stream_config_and_a_broken_one_keeps_the_rules_in_force() 
         config_text(&dir, &streams, &brokers, &prefix, ports),
     )
     .unwrap();
-    let svc = Beacond::start(&dir, &config, ports);
+    let svc = ChildBeacond::start(&dir, &config, ports, "beacond.log");
 
     let loaders = rt.block_on(async {
         wait_http(svc.admin, "/readyz", false).await;
@@ -237,7 +167,7 @@ fn sighup_reloads_the_stream_config_and_a_broken_one_keeps_the_rules_in_force() 
             &format!("{BASE_STREAMS}{X}:\n  schema_title: test/event\n"),
         );
         svc.signal("-HUP");
-        svc.wait_reloads("ok", 1.0).await;
+        svc.wait_metric(&reloads("ok"), 1.0).await;
         let r = try_post(svc.beacon, &event(X, "x-after")).await.unwrap();
         assert_eq!(r.status, 201, "{}", r.body_text());
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -248,7 +178,7 @@ fn sighup_reloads_the_stream_config_and_a_broken_one_keeps_the_rules_in_force() 
             &format!("{BASE_STREAMS}{X}:\n  schema_title: test/event\n\"/[unclosed/\":\n  schema_title: test/event\n"),
         );
         svc.signal("-HUP");
-        svc.wait_reloads("failed", 1.0).await;
+        svc.wait_metric(&reloads("failed"), 1.0).await;
         let r = try_post(svc.beacon, &event(X, "x-after-failed")).await.unwrap();
         assert_eq!(r.status, 201, "old rules kept: {}", r.body_text());
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -421,7 +351,7 @@ fn sighup_without_the_events_intake_is_ignored() {
         ),
     )
     .unwrap();
-    let svc = Beacond::start(&dir, &config, ports);
+    let svc = ChildBeacond::start(&dir, &config, ports, "beacond.log");
     rt.block_on(async {
         wait_http(svc.admin, "/healthz", false).await;
         svc.signal("-HUP");

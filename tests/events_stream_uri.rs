@@ -11,8 +11,8 @@ mod common;
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -167,71 +167,6 @@ async fn post_status(addr: SocketAddr, stream: &str, id: &str) -> u16 {
     raw_request(addr, &raw).await.map_or(0, |r| r.status)
 }
 
-struct Beacond {
-    child: Child,
-    log: PathBuf,
-    beacon: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Beacond {
-    fn start(dir: &Path, config: &Path, ports: (u16, u16), log_name: &str) -> Beacond {
-        let log = dir.join(log_name);
-        let child = Command::new(BIN)
-            .args(["--config", config.to_str().unwrap()])
-            .env("BEACOND_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Beacond {
-            child,
-            log,
-            beacon: format!("127.0.0.1:{}", ports.0).parse().unwrap(),
-            admin: format!("127.0.0.1:{}", ports.1).parse().unwrap(),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn metric(&self, key: &str) -> f64 {
-        Metrics::parse(&get(self.admin, "/metrics", &[]).await.body_text()).get(key)
-    }
-
-    /// Polls until `key` reaches `n` (deadline 20 s).
-    async fn wait_metric(&self, key: &str, n: f64) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.metric(key).await < n {
-            assert!(
-                Instant::now() < deadline,
-                "{key} never reached {n}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn stop(mut self) -> (Option<i32>, String) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let exit = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("no exit within 30 s of SIGTERM; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        (exit.code(), self.log())
-    }
-}
-
 fn refreshes(result: &str) -> String {
     format!("beacond_event_stream_config_refreshes_total{{result=\"{result}\"}}")
 }
@@ -258,7 +193,7 @@ fn stream_config_from_a_url_refreshes_keeps_the_last_good_and_restarts_from_the_
     .unwrap();
 
     // Start-up from the URL, with the configured Host header; cached.
-    let svc = Beacond::start(&dir, &config, ports, "first.log");
+    let svc = ChildBeacond::start(&dir, &config, ports, "first.log");
     rt.block_on(async {
         wait_http(svc.admin, "/readyz", false).await;
         assert_eq!(post_status(svc.beacon, "test.event", "a-1").await, 201);
@@ -337,9 +272,7 @@ fn stream_config_from_a_url_refreshes_keeps_the_last_good_and_restarts_from_the_
         // A SIGHUP while the URL fails: the schemas are reloaded, the last
         // good stream config stays (X accepted).
         server.set(Mode::Down);
-        let _ = Command::new("kill")
-            .args(["-HUP", &svc.child.id().to_string()])
-            .status();
+        svc.signal("-HUP");
         svc.wait_metric("beacond_event_rules_reloads_total{result=\"ok\"}", 1.0)
             .await;
         assert_eq!(post_status(svc.beacon, X, "x-after-hup").await, 201);
@@ -356,7 +289,7 @@ fn stream_config_from_a_url_refreshes_keeps_the_last_good_and_restarts_from_the_
 
     // A restart with the server down: the cache serves, X included.
     server.set(Mode::Down);
-    let svc = Beacond::start(&dir, &config, ports, "second.log");
+    let svc = ChildBeacond::start(&dir, &config, ports, "second.log");
     rt.block_on(async {
         wait_http(svc.admin, "/readyz", false).await;
         assert_eq!(

@@ -466,3 +466,90 @@ pub async fn post(
     raw.extend_from_slice(body);
     raw_request(addr, &raw).await.expect("request answered")
 }
+
+/// A `beacond` binary run as a child process, its stderr in a file the test
+/// reads while it runs.
+pub struct ChildBeacond {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    pub beacon: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl ChildBeacond {
+    /// Starts `beacond --config config`, listening on `ports` (beacon,
+    /// admin) as the config says; stderr goes to `dir/log_name`.
+    pub fn start(
+        dir: &std::path::Path,
+        config: &std::path::Path,
+        ports: (u16, u16),
+        log_name: &str,
+    ) -> ChildBeacond {
+        let log = dir.join(log_name);
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_beacond"))
+            .arg("--config")
+            .arg(config)
+            .env("BEACOND_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("beacond starts");
+        ChildBeacond {
+            child,
+            log,
+            beacon: SocketAddr::from(([127, 0, 0, 1], ports.0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], ports.1)),
+        }
+    }
+
+    /// `kill <sig>` (e.g. `-HUP`).
+    pub fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {sig}");
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> Metrics {
+        Metrics::parse(&get(self.admin, "/metrics", &[]).await.body_text())
+    }
+
+    pub async fn metric(&self, key: &str) -> f64 {
+        self.metrics().await.get(key)
+    }
+
+    /// Polls until the series `key` reaches `n` (deadline 30 s).
+    pub async fn wait_metric(&self, key: &str, n: f64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.metric(key).await < n {
+            assert!(
+                Instant::now() < deadline,
+                "{key} never reached {n}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then the exit code within 30 s, and the log.
+    pub fn stop(mut self) -> (Option<i32>, String) {
+        self.signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let exit = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("no exit within 30 s of SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (exit.code(), self.log())
+    }
+}
