@@ -36,6 +36,19 @@ pub fn broker() -> Option<String> {
     }
 }
 
+/// The broker of a test marked `#[ignore = "needs a broker"]`: such tests
+/// run only when asked for (`scripts/test` passes `--include-ignored`), so an
+/// unset `BEACOND_TEST_BROKERS` is a failure, never a silent pass.
+pub fn require_broker() -> String {
+    match std::env::var("BEACOND_TEST_BROKERS") {
+        Ok(b) if !b.trim().is_empty() => b,
+        _ => panic!(
+            "this test needs a broker: set BEACOND_TEST_BROKERS (scripts/dev-broker start prints it), \
+             or run scripts/test"
+        ),
+    }
+}
+
 /// A topic name no other test uses.
 pub fn unique_topic(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
