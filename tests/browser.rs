@@ -600,8 +600,9 @@ fn parse_json(payload: &[u8]) -> (String, Value, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a broker"]
 async fn chromium_beacons_reach_kafka_exactly_once() {
-    let Some(brokers) = broker() else { return };
+    let brokers = require_broker();
     ensure_chromium();
     let watch = Watch::start("browser beacons", TEST_BUDGET);
     watch.step("creating topics");
@@ -1103,8 +1104,9 @@ fn check_event(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a broker"]
 async fn chromium_events_by_send_beacon_and_cors_fetch_arrive_once_valid() {
-    let Some(brokers) = broker() else { return };
+    let brokers = require_broker();
     ensure_chromium();
     let watch = Watch::start("browser events", TEST_BUDGET);
     let window_start = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);

@@ -98,8 +98,9 @@ fn read(brokers: &str, topic: &str, expected: usize) -> Vec<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs a broker"]
 async fn one_beacon_written_both_ways_and_an_invalid_one_on_the_error_stream() {
-    let Some(brokers) = broker() else { return };
+    let brokers = require_broker();
     let prefix = unique_prefix("legacy-bridge");
     create_event_topics(&brokers, &prefix, &[NAV_STREAM, PINGBACK_STREAM]).await;
     let config = bridge_config(
@@ -233,8 +234,9 @@ async fn one_beacon_written_both_ways_and_an_invalid_one_on_the_error_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a broker"]
 async fn with_the_converted_event_only_unknown_and_errored_are_400s_and_no_line_is_written() {
-    let Some(brokers) = broker() else { return };
+    let brokers = require_broker();
     let prefix = unique_prefix("legacy-only");
     create_event_topics(&brokers, &prefix, &[NAV_STREAM]).await;
     let mut config = bridge_config(&brokers, &prefix, vec![OutputFormat::EventPlatform]);
@@ -310,8 +312,9 @@ async fn with_the_converted_event_only_unknown_and_errored_are_400s_and_no_line_
 /// `spool.mode = "always"`: both messages of a beacon go through the spool,
 /// and the 204 waits for both writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a broker"]
 async fn with_the_spool_always_on_both_messages_are_spooled_then_delivered() {
-    let Some(brokers) = broker() else { return };
+    let brokers = require_broker();
     let prefix = unique_prefix("legacy-spool");
     create_event_topics(&brokers, &prefix, &[NAV_STREAM]).await;
     let mut config = bridge_config(

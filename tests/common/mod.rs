@@ -2,9 +2,10 @@
 //! client, a running service, and a consumer that reads a topic back.
 //!
 //! Broker: `BEACOND_TEST_BROKERS` (e.g. `127.0.0.1:19092`, from
-//! `scripts/dev-broker start`, or any real Kafka). Unset, the tests that need
-//! a broker print a notice and pass, unless `BEACOND_REQUIRE_BROKER=1` (set by
-//! `scripts/test`), in which case they fail.
+//! `scripts/dev-broker start`, or any real Kafka). The tests that need one are
+//! marked `#[ignore = "needs a broker"]` and call [`require_broker`]: a plain
+//! `cargo test` reports them as ignored (never as passed); `scripts/test` runs
+//! them with `--include-ignored`, and an unset broker then fails them.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -21,20 +22,6 @@ use tokio::net::TcpStream;
 
 use beacond::config::Config;
 use beacond::service::Service;
-
-/// The broker to test against, or `None` (after saying why) to skip.
-pub fn broker() -> Option<String> {
-    match std::env::var("BEACOND_TEST_BROKERS") {
-        Ok(b) if !b.trim().is_empty() => Some(b),
-        _ => {
-            if std::env::var("BEACOND_REQUIRE_BROKER").as_deref() == Ok("1") {
-                panic!("BEACOND_REQUIRE_BROKER=1 but BEACOND_TEST_BROKERS is unset");
-            }
-            eprintln!("skipped: set BEACOND_TEST_BROKERS (scripts/dev-broker start prints it)");
-            None
-        }
-    }
-}
 
 /// The broker of a test marked `#[ignore = "needs a broker"]`: such tests
 /// run only when asked for (`scripts/test` passes `--include-ignored`), so an
