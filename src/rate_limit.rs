@@ -27,9 +27,10 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, DefaultClock, Reference};
+use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed, StateStore};
@@ -95,22 +96,26 @@ impl RateLimited {
     }
 }
 
-type KeyedLimiter = RateLimiter<ClientKey, BoundedKeyStore, DefaultClock>;
-type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+type KeyedLimiter<C> =
+    RateLimiter<ClientKey, BoundedKeyStore, C, NoOpMiddleware<<C as Clock>::Instant>>;
+type DirectLimiter<C> =
+    RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
-/// The per-client and global limits of one process.
-pub struct ClientRateLimiter {
-    per_client: Option<Arc<KeyedLimiter>>,
-    global: Option<DirectLimiter>,
+/// The per-client and global limits of one process. The clock is governor's
+/// default in the service; tests drive a `FakeRelativeClock`.
+pub struct ClientRateLimiter<C: Clock = DefaultClock> {
+    per_client: Option<Arc<KeyedLimiter<C>>>,
+    global: Option<DirectLimiter<C>>,
     exempt: Vec<IpNet>,
     max_keys: usize,
     /// Milliseconds since `started` of the last eviction run on the request
     /// path (when the store was full).
     last_inline_eviction_ms: AtomicU64,
-    started: Instant,
+    clock: C,
+    started: C::Instant,
 }
 
-impl std::fmt::Debug for ClientRateLimiter {
+impl<C: Clock> std::fmt::Debug for ClientRateLimiter<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientRateLimiter")
             .field("per_client", &self.per_client.is_some())
@@ -125,24 +130,34 @@ impl ClientRateLimiter {
     /// Builds the limits; `keys` and `overflow` are the metrics the keyed
     /// state keeps up to date. Call [`Self::spawn_housekeeping`] on a runtime.
     pub fn new(config: &RateLimitConfig, keys: Gauge, overflow: Counter) -> Self {
+        Self::with_clock(config, keys, overflow, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> ClientRateLimiter<C> {
+    /// [`ClientRateLimiter::new`] on the given clock.
+    pub fn with_clock(config: &RateLimitConfig, keys: Gauge, overflow: Counter, clock: C) -> Self {
         let per_client = NonZeroU32::new(config.per_client_per_second).map(|rate| {
             let burst = NonZeroU32::new(config.per_client_burst).unwrap_or(rate);
             let store = BoundedKeyStore::new(config.max_keys, keys, overflow);
             Arc::new(RateLimiter::new(
                 Quota::per_second(rate).allow_burst(burst),
                 store,
-                DefaultClock::default(),
+                clock.clone(),
             ))
         });
-        let global = NonZeroU32::new(config.global_per_second)
-            .map(|rate| RateLimiter::direct(Quota::per_second(rate)));
+        let global = NonZeroU32::new(config.global_per_second).map(|rate| {
+            RateLimiter::direct_with_clock(Quota::per_second(rate), clock.clone())
+        });
+        let started = clock.now();
         Self {
             per_client,
             global,
             exempt: config.exempt.clone(),
             max_keys: config.max_keys,
             last_inline_eviction_ms: AtomicU64::new(0),
-            started: Instant::now(),
+            clock,
+            started,
         }
     }
 
@@ -154,7 +169,10 @@ impl ClientRateLimiter {
     /// Starts the task that evicts idle clients every [`EVICTION_INTERVAL`],
     /// on the current tokio runtime (none: eviction happens only when the
     /// store is full). The task ends when the limiter is dropped.
-    pub fn spawn_housekeeping(&self) {
+    pub fn spawn_housekeeping(&self)
+    where
+        C: Send + Sync + 'static,
+    {
         let Some(limiter) = &self.per_client else {
             return;
         };
@@ -215,8 +233,8 @@ impl ClientRateLimiter {
 
     /// A full store is swept at once, at most once per eviction interval, so
     /// a burst of new clients between two housekeeping ticks does not wait.
-    fn evict_when_full(&self, limiter: &KeyedLimiter) {
-        let now_ms = self.started.elapsed().as_millis() as u64;
+    fn evict_when_full(&self, limiter: &KeyedLimiter<C>) {
+        let now_ms = self.clock.now().duration_since(self.started).as_u64() / 1_000_000;
         let last = self.last_inline_eviction_ms.load(Ordering::Relaxed);
         if now_ms.saturating_sub(last) < EVICTION_INTERVAL.as_millis() as u64 {
             return;
@@ -231,7 +249,7 @@ impl ClientRateLimiter {
     }
 }
 
-fn evict(limiter: &KeyedLimiter) {
+fn evict<C: Clock>(limiter: &KeyedLimiter<C>) {
     limiter.retain_recent();
     limiter.shrink_to_fit();
 }
@@ -357,6 +375,7 @@ impl ShrinkableKeyedStateStore<ClientKey> for BoundedKeyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use governor::clock::FakeRelativeClock;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn config(per_client: u32, burst: u32, global: u32, max_keys: usize) -> RateLimitConfig {
@@ -369,12 +388,25 @@ mod tests {
         }
     }
 
-    fn limiter(c: &RateLimitConfig) -> (ClientRateLimiter, Gauge, Counter) {
-        let (keys, overflow) = (Gauge::default(), Counter::default());
+    /// A limiter on a fake clock: time moves only when a test advances it.
+    fn limiter(
+        c: &RateLimitConfig,
+    ) -> (
+        ClientRateLimiter<FakeRelativeClock>,
+        Gauge,
+        Counter,
+        FakeRelativeClock,
+    ) {
+        let (keys, overflow, clock) = (
+            Gauge::default(),
+            Counter::default(),
+            FakeRelativeClock::default(),
+        );
         (
-            ClientRateLimiter::new(c, keys.clone(), overflow.clone()),
+            ClientRateLimiter::with_clock(c, keys.clone(), overflow.clone(), clock.clone()),
             keys,
             overflow,
+            clock,
         )
     }
 
@@ -384,7 +416,7 @@ mod tests {
 
     #[test]
     fn off_by_default() {
-        let (l, _, _) = limiter(&RateLimitConfig::default());
+        let (l, _, _, _) = limiter(&RateLimitConfig::default());
         assert!(l.is_off());
         for _ in 0..10_000 {
             assert!(l.check(ip("192.0.2.1")).is_ok());
@@ -394,7 +426,7 @@ mod tests {
 
     #[test]
     fn per_client_burst_then_refused_with_retry_after() {
-        let (l, _, _) = limiter(&config(2, 5, 0, 100));
+        let (l, _, _, _) = limiter(&config(2, 5, 0, 100));
         for _ in 0..5 {
             assert!(l.check(ip("192.0.2.1")).is_ok());
         }
@@ -409,7 +441,7 @@ mod tests {
 
     #[test]
     fn ipv6_is_keyed_by_64() {
-        let (l, _, _) = limiter(&config(1, 1, 0, 100));
+        let (l, _, _, _) = limiter(&config(1, 1, 0, 100));
         assert!(l.check(ip("2001:db8:1:2::1")).is_ok());
         // Same /64, another address: same client.
         assert!(l.check(ip("2001:db8:1:2:ffff::9")).is_err());
@@ -428,7 +460,7 @@ mod tests {
             "10.0.0.0/8".parse().unwrap(),
             "2001:db8::/32".parse().unwrap(),
         ];
-        let (l, _, _) = limiter(&c);
+        let (l, _, _, _) = limiter(&c);
         for _ in 0..100 {
             assert!(l.check(ip("10.1.2.3")).is_ok());
             assert!(l.check(ip("2001:db8::5")).is_ok());
@@ -440,7 +472,7 @@ mod tests {
 
     #[test]
     fn global_limit_applies_to_everyone() {
-        let (l, _, _) = limiter(&config(0, 0, 3, 100));
+        let (l, _, _, _) = limiter(&config(0, 0, 3, 100));
         for i in 0..3u8 {
             assert!(l.check(IpAddr::V4(Ipv4Addr::new(192, 0, 2, i))).is_ok());
         }
@@ -450,7 +482,7 @@ mod tests {
 
     #[test]
     fn refused_by_client_does_not_use_the_global_limit() {
-        let (l, _, _) = limiter(&config(1, 1, 2, 100));
+        let (l, _, _, _) = limiter(&config(1, 1, 2, 100));
         assert!(l.check(ip("192.0.2.1")).is_ok());
         for _ in 0..50 {
             assert_eq!(
@@ -465,7 +497,7 @@ mod tests {
 
     #[test]
     fn key_count_is_capped_and_overflow_shares_one_state() {
-        let (l, keys, overflow) = limiter(&config(1000, 1, 0, 1000));
+        let (l, keys, overflow, _) = limiter(&config(1000, 1, 0, 1000));
         for i in 0..100_000u32 {
             let _ = l.check(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)));
         }
@@ -482,13 +514,17 @@ mod tests {
 
     #[test]
     fn idle_keys_are_evicted_and_memory_returned() {
-        let (l, keys, _) = limiter(&config(1000, 1, 0, 200_000));
+        let (l, keys, _, clock) = limiter(&config(1000, 1, 0, 200_000));
         for i in 0..100_000u32 {
             assert!(l.check(IpAddr::V4(Ipv4Addr::from(i))).is_ok());
         }
         assert_eq!(l.key_count(), 100_000);
-        // Each state replenishes in 1 ms; after that it is idle.
-        std::thread::sleep(Duration::from_millis(20));
+        // A state is idle once its theoretical arrival time (1 ms after the
+        // check) lies an emission interval (1 ms) in the past: not before.
+        clock.advance(Duration::from_millis(1));
+        l.evict_idle();
+        assert_eq!(l.key_count(), 100_000);
+        clock.advance(Duration::from_millis(1));
         l.evict_idle();
         assert_eq!(l.key_count(), 0);
         assert_eq!(keys.get(), 0);
@@ -496,16 +532,22 @@ mod tests {
 
     #[test]
     fn full_store_is_swept_inline() {
-        let (l, _, overflow) = limiter(&config(1000, 1, 0, 100));
+        let (l, _, overflow, clock) = limiter(&config(1000, 1, 0, 100));
         for i in 0..100u32 {
             assert!(l.check(IpAddr::V4(Ipv4Addr::from(i))).is_ok());
         }
         assert_eq!(l.key_count(), 100);
-        std::thread::sleep(Duration::from_millis(1100));
+        // Full, and the states idle, but the last inline sweep (at start) is
+        // less than an eviction interval ago: the newcomer shares the overflow.
+        clock.advance(Duration::from_millis(10));
+        assert!(l.check(ip("192.0.2.100")).is_ok());
+        assert_eq!(l.key_count(), 100);
+        assert_eq!(overflow.get(), 1);
+        clock.advance(EVICTION_INTERVAL);
         // Full: this check sweeps first, so the new client gets its own slot.
         assert!(l.check(ip("192.0.2.200")).is_ok());
         assert_eq!(l.key_count(), 1);
-        assert_eq!(overflow.get(), 0);
+        assert_eq!(overflow.get(), 1);
     }
 
     #[test]
