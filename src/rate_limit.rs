@@ -146,9 +146,8 @@ impl<C: Clock + Clone> ClientRateLimiter<C> {
                 clock.clone(),
             ))
         });
-        let global = NonZeroU32::new(config.global_per_second).map(|rate| {
-            RateLimiter::direct_with_clock(Quota::per_second(rate), clock.clone())
-        });
+        let global = NonZeroU32::new(config.global_per_second)
+            .map(|rate| RateLimiter::direct_with_clock(Quota::per_second(rate), clock.clone()));
         let started = clock.now();
         Self {
             per_client,

@@ -160,32 +160,59 @@ async fn garbage_bytes_on_the_socket() {
     svc.stop().await;
 }
 
+/// Polls `/metrics` until `beacond_kafka_broker_reachable` is `want`.
+async fn wait_reachable(svc: &Running, want: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = svc.metrics().await.get("beacond_kafka_broker_reachable");
+        if now == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "beacond_kafka_broker_reachable stayed {now}, never {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The probe follows the broker both ways (a mock cluster taken down and
+/// brought back), and readiness follows it only where nothing could be
+/// accepted safely without it: without a spool, 503 while the broker is
+/// unreachable; with a spool below its cap, 200 throughout (beacons are safe
+/// on disk). Liveness never depends on the broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_without_a_broker_depends_on_the_spool() {
-    // No spool: nothing can be accepted without loss, so not ready.
-    let mut config = test_config("127.0.0.1:9", "unreachable");
-    config.spool.enabled = false;
-    config.shutdown.flush_timeout_seconds = 0;
-    let svc = Running::start(config).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let r = get(svc.admin, "/readyz", &[]).await;
-    assert_eq!(r.status, 503);
-    assert_eq!(r.body_text(), "broker unreachable\n");
-    assert_eq!(get(svc.admin, "/healthz", &[]).await.status, 200);
-    assert_eq!(
-        svc.metrics().await.get("beacond_kafka_broker_reachable"),
-        0.0
-    );
-    svc.stop().await;
-    // With a spool below its cap, beacons are safe on disk: ready.
-    let svc = start_without_broker().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(get(svc.admin, "/readyz", &[]).await.status, 200);
-    assert_eq!(
-        svc.metrics().await.get("beacond_kafka_broker_reachable"),
-        0.0
-    );
-    svc.stop().await;
+    for spool in [false, true] {
+        let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        let topic = unique_topic("readiness");
+        mock.create_topic(&topic, 1, 1).unwrap();
+        let mut config = test_config(&mock.bootstrap_servers(), &topic);
+        config.spool.enabled = spool;
+        config.shutdown.flush_timeout_seconds = 0;
+        let svc = Running::start(config).await;
+        wait_reachable(&svc, 1.0).await;
+        svc.wait_ready().await;
+
+        mock.broker_down(1).unwrap();
+        wait_reachable(&svc, 0.0).await;
+        let r = get(svc.admin, "/readyz", &[]).await;
+        if spool {
+            assert_eq!(r.status, 200, "spool on: ready without the broker");
+        } else {
+            assert_eq!(
+                (r.status, r.body_text().as_str()),
+                (503, "broker unreachable\n"),
+                "no spool: not ready without the broker"
+            );
+        }
+        assert_eq!(get(svc.admin, "/healthz", &[]).await.status, 200);
+
+        mock.broker_up(1).unwrap();
+        wait_reachable(&svc, 1.0).await;
+        svc.wait_ready().await;
+        svc.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
