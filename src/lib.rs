@@ -47,6 +47,7 @@ pub mod sink;
 pub mod spool;
 pub mod stream_config;
 pub mod stream_config_remote;
+pub mod systemd;
 #[doc(hidden)]
 pub mod testing;
 pub mod validation;

@@ -8,6 +8,7 @@ use beacond::config::Config;
 use beacond::event_rules::EventRulesSource;
 use beacond::service::{EventsReloader, Service};
 use beacond::sink::KafkaSink;
+use beacond::systemd::ServiceManager;
 
 /// Edge beacon collector: EventLogging beacons from HTTP to Kafka.
 #[derive(Debug, Parser)]
@@ -59,7 +60,9 @@ fn main() -> anyhow::Result<()> {
         // before anything else, so a HUP during start-up, or while the events
         // intake is off, is never fatal.
         let hangups = hangup_signals();
-        let service = Service::bind(config).await?;
+        let service = Service::bind(config)
+            .await?
+            .with_service_manager(ServiceManager::from_env());
         reload_on_sighup(hangups, service.events_reloader());
         let (shutdown, hurry) = shutdown_signals();
         service.run_until(shutdown, hurry).await?;

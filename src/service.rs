@@ -25,6 +25,7 @@ use crate::listener::{self, ConnectionSettings};
 use crate::metrics::Metrics;
 use crate::sink::{KafkaSink, SinkError};
 use crate::spool::{Spool, SpoolOpenError, SpoolSettings};
+use crate::systemd::ServiceManager;
 
 /// How often the readiness probe asks the broker for metadata.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -158,6 +159,7 @@ pub struct Service {
     spool: Option<Spool>,
     intake: Arc<Intake<KafkaSink>>,
     reloader: Option<EventsReloader>,
+    manager: ServiceManager,
 }
 
 impl Service {
@@ -224,7 +226,15 @@ impl Service {
             spool,
             intake: Arc::new(intake),
             reloader,
+            manager: ServiceManager::disabled(),
         })
+    }
+
+    /// Tells `manager` (systemd) when the service is ready, alive and
+    /// stopping; without it, nobody is told.
+    pub fn with_service_manager(mut self, manager: ServiceManager) -> Self {
+        self.manager = manager;
+        self
     }
 
     /// Reloads the events intake's rules; `None` while it is off.
@@ -267,6 +277,7 @@ impl Service {
             spool,
             intake,
             reloader,
+            manager,
         } = self;
         tracing::info!(
             beacon = %beacon_listener.local_addr().map_or(config.http.listen, |a| a),
@@ -323,7 +334,17 @@ impl Service {
             let intake = intake.clone();
             async move { intake.handle(req, peer).await }
         };
+        let status = {
+            let (metrics, readiness, sink) = (metrics.clone(), readiness.clone(), sink.clone());
+            move || status_line(&metrics, &readiness, &sink)
+        };
+        // Listeners bound, producer and spool up: started (the broker's state
+        // is `/readyz`'s business).
+        manager.ready(status()).await;
+        let stop_heartbeat = Arc::new(AtomicBool::new(false));
+        manager.spawn_heartbeat(status.clone(), stop_heartbeat.clone());
         let draining = readiness.clone();
+        let stopping = manager.clone();
         let drain_seconds = config.shutdown.drain_seconds;
         listener::serve_with_edge(
             beacon_listener,
@@ -334,6 +355,9 @@ impl Service {
             async move {
                 shutdown.await;
                 draining.start_draining();
+                stopping
+                    .stopping(format!("draining for {drain_seconds} s, then flushing"))
+                    .await;
                 tracing::info!(
                     drain_seconds,
                     "shutdown requested: not ready; serving on while the load balancer notices"
@@ -374,6 +398,7 @@ impl Service {
             }
         }
         stop_probe.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop_heartbeat.store(true, std::sync::atomic::Ordering::Relaxed);
         // Not joined: a fetch in progress ends within its timeout.
         stop_refresh.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = admin_stop_tx.send(());
@@ -381,4 +406,32 @@ impl Service {
         let _ = tokio::task::spawn_blocking(move || probe.join()).await;
         Ok(())
     }
+}
+
+/// The one-line summary systemd shows (`STATUS=`).
+fn status_line(metrics: &Metrics, readiness: &Readiness, sink: &KafkaSink) -> String {
+    let state = if readiness.is_ready() {
+        "ready"
+    } else {
+        "not ready"
+    };
+    let delivered: u64 = [
+        &metrics.main_topic,
+        &metrics.error_topic,
+        &metrics.event_topic,
+        &metrics.event_error_topic,
+    ]
+    .iter()
+    .map(|t| t.delivered.get())
+    .sum();
+    format!(
+        "{state}; broker {}; {} beacons accepted; {delivered} messages delivered; spool {} records",
+        if sink.broker_reachable() {
+            "reachable"
+        } else {
+            "unreachable"
+        },
+        metrics.accepted.get(),
+        metrics.spool.records.get(),
+    )
 }
