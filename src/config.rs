@@ -66,6 +66,52 @@ pub struct HttpConfig {
     pub max_headers: usize,
     /// Expect a PROXY protocol (v1 or v2) header from trusted proxies.
     pub proxy_protocol: bool,
+    /// TLS on the beacon listener (`[http.tls]`); unset: plain HTTP/1.1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// HTTP/2's limits (`[http.h2]`), for connections that chose `h2` by ALPN.
+    pub h2: H2Config,
+}
+
+/// `[http.tls]`: the certificate the beacon listener presents. Both files
+/// are read at start-up and again on `SIGHUP`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `[http.h2]`: the limits of an HTTP/2 connection (TLS with ALPN `h2`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct H2Config {
+    /// Streams open at once per connection (SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// a client that opens more gets them refused.
+    pub max_concurrent_streams: u32,
+    /// Streams a client may reset before the server accepted them, at once;
+    /// beyond, the connection is closed with ENHANCE_YOUR_CALM (the rapid
+    /// reset attack, CVE-2023-44487).
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams the server may reset for a client's protocol errors before it
+    /// closes the connection (floods of bad frames).
+    pub max_local_error_reset_streams: usize,
+    /// Bytes of headers per request at most (SETTINGS_MAX_HEADER_LIST_SIZE);
+    /// `0`: `http.max_query_bytes` + 16 KiB, as for HTTP/1.1.
+    pub max_header_list_bytes: u32,
+}
+
+impl Default for H2Config {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 100,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 256,
+            max_header_list_bytes: 0,
+        }
+    }
 }
 
 impl Default for HttpConfig {
@@ -80,6 +126,8 @@ impl Default for HttpConfig {
             max_connections: 10_000,
             max_headers: 100,
             proxy_protocol: false,
+            tls: None,
+            h2: H2Config::default(),
         }
     }
 }
@@ -480,6 +528,33 @@ impl Config {
             }
         }
         let http = &self.http;
+        if let Some(tls) = &http.tls {
+            if tls.cert.as_os_str().is_empty() || tls.key.as_os_str().is_empty() {
+                return Err(invalid(
+                    "http.tls",
+                    "needs both `cert` and `key` (PEM files)".into(),
+                ));
+            }
+        }
+        let h2 = &http.h2;
+        if h2.max_concurrent_streams == 0 {
+            return Err(invalid(
+                "http.h2.max_concurrent_streams",
+                "must be above 0".into(),
+            ));
+        }
+        if h2.max_pending_accept_reset_streams == 0 {
+            return Err(invalid(
+                "http.h2.max_pending_accept_reset_streams",
+                "must be above 0".into(),
+            ));
+        }
+        if h2.max_header_list_bytes != 0 && h2.max_header_list_bytes < 1024 {
+            return Err(invalid(
+                "http.h2.max_header_list_bytes",
+                "must be 0 (as for HTTP/1.1) or at least 1024".into(),
+            ));
+        }
         if http.routes.is_empty() {
             return Err(invalid(
                 "http.routes",

@@ -50,4 +50,5 @@ pub mod stream_config_remote;
 pub mod systemd;
 #[doc(hidden)]
 pub mod testing;
+pub mod tls;
 pub mod validation;
