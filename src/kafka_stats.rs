@@ -6,7 +6,8 @@
 //! beacond sets 10 s unless `[kafka.properties]` says otherwise). The
 //! producer's context (`sink`) hands each document to [`KafkaStats::update`].
 //!
-//! Per broker: connection state (up or not), round-trip time (average and
+//! Per broker: connection state (up, or being attempted or lost; no series
+//! while librdkafka wants no connection to it), round-trip time (average and
 //! p99 of librdkafka's rolling window), requests and messages waiting to be
 //! sent (`outbuf`) and awaiting a response (`waitresp`), and librdkafka's
 //! totals of transmit and receive errors, request timeouts, retries and
@@ -347,10 +348,19 @@ impl KafkaStats {
         let l = BrokerLabels {
             broker: name.to_string(),
         };
-        let up = matches!(b.state.as_str(), "UP" | "UPDATE");
-        // One statement per lookup: get_or_create's guard lives to the end
-        // of its statement.
-        self.broker_up.get_or_create(&l).set(i64::from(up));
+        // INIT: librdkafka wants no connection to this broker (sparse
+        // connections: it leads no partition the producer writes to, or an
+        // idle connection was closed), so it is neither up nor down: no
+        // series, and no alert. Every other state but UP is a connection
+        // being attempted or lost.
+        if b.state == "INIT" {
+            self.broker_up.remove(&l);
+        } else {
+            let up = matches!(b.state.as_str(), "UP" | "UPDATE");
+            // One statement per lookup: get_or_create's guard lives to the
+            // end of its statement.
+            self.broker_up.get_or_create(&l).set(i64::from(up));
+        }
         self.rtt_avg.get_or_create(&l).set(micros(b.rtt.avg));
         self.rtt_p99.get_or_create(&l).set(micros(b.rtt.p99));
         self.outbuf_requests.get_or_create(&l).set(b.outbuf_cnt);
@@ -540,6 +550,7 @@ mod tests {
                     "txerrs": 5, "rxerrs": 6, "txretries": 7, "req_timeouts": 8,
                     "disconnects": 9, "rtt": {"avg": 1500, "p99": 250000}},
                 "b2:9092/2": {"source": "learned", "state": "CONNECT"},
+                "b3:9092/3": {"source": "learned", "state": "INIT", "txerrs": 1},
                 ":0/internal": {"source": "internal", "state": "UP"}
             },
             "topics": {"t": {"batchsize": {"avg": 2048, "p99": 65536},
@@ -570,6 +581,16 @@ mod tests {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
         assert!(!text.contains("internal"), "{text}");
+        // A broker librdkafka has no reason to connect to: no up/down series,
+        // the rest as usual.
+        assert!(!text.contains("beacond_kafka_broker_up{broker=\"b3:9092/3\"}"));
+        assert!(text.contains("beacond_kafka_broker_tx_errors_total{broker=\"b3:9092/3\"} 1"));
+        stats.update(br#"{"brokers": {"b3:9092/3": {"state": "UP"}}}"#);
+        assert!(m
+            .render()
+            .contains("beacond_kafka_broker_up{broker=\"b3:9092/3\"} 1"));
+        stats.update(br#"{"brokers": {"b3:9092/3": {"state": "INIT"}}}"#);
+        assert!(!m.render().contains("beacond_kafka_broker_up{"));
     }
 
     #[test]

@@ -198,7 +198,19 @@ async fn librdkafka_statistics_reach_metrics_and_follow_a_broker_down_and_up() {
     assert!(m.get("beacond_kafka_stats_updates_total") >= 1.0);
     assert_eq!(m.get("beacond_kafka_stats_errors_total"), 0.0);
 
-    // Down: the statistics say so (and count the disconnect); up again.
+    // Down, with traffic (librdkafka then wants the connection: an idle
+    // producer leaves a lost broker in INIT, which has no up series): the
+    // statistics say so and count the disconnect; then up again.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (stop, beacon) = (stop.clone(), svc.beacon);
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = get(beacon, "/beacon/event?%7B%7D;", &[]).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
     mock.broker_down(1).unwrap();
     wait_series(&svc, "beacond_kafka_broker_up", "broker 1 down", |k, v| {
         learned(k) && v == 0.0
@@ -219,6 +231,8 @@ async fn librdkafka_statistics_reach_metrics_and_follow_a_broker_down_and_up() {
         |k, v| learned(k) && v == 1.0,
     )
     .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.await.unwrap();
     svc.stop().await;
 }
 
