@@ -229,10 +229,13 @@ impl std::fmt::Display for PropertyValue {
 /// Producer settings beacond uses unless `[kafka.properties]` says otherwise.
 /// snappy as varnishkafka; librdkafka's own defaults for the rest (acks=all,
 /// idempotence off, queue of 100000 messages), with the queue's memory
-/// capped well below librdkafka's 1 GiB default.
+/// capped well below librdkafka's 1 GiB default, and librdkafka's statistics
+/// every 10 s (off in librdkafka; exported as `beacond_kafka_broker_*` and
+/// `beacond_kafka_topic_*` by `kafka_stats`; `0` turns them off).
 pub const DEFAULT_PRODUCER_PROPERTIES: &[(&str, &str)] = &[
     ("compression.codec", "snappy"),
     ("queue.buffering.max.kbytes", "131072"),
+    ("statistics.interval.ms", "10000"),
 ];
 
 /// Properties that beacond sets from other keys; setting them in

@@ -21,7 +21,8 @@
 //!   (`output.format = "event_platform"`), nothing of HTTP.
 //! - [`sink`] and [`spool`]: the hand-off to Kafka (rdkafka), the disk spool,
 //!   delivery reports, flush.
-//! - [`metrics`] and [`admin`]: what operators see.
+//! - [`metrics`], [`kafka_stats`] (librdkafka's statistics) and [`admin`]:
+//!   what operators see.
 //! - [`config`]: the TOML file; [`service`]: wiring, start-up and shutdown.
 #![forbid(unsafe_code)]
 
@@ -35,6 +36,7 @@ pub mod event_rules;
 pub mod filter;
 pub mod format;
 pub mod intake;
+pub mod kafka_stats;
 pub mod legacy_conversion;
 pub mod listener;
 pub mod meta;

@@ -183,6 +183,16 @@ impl Service {
         if let Some(v) = &validator {
             readiness_topics.push(v.error_topic().to_string());
         }
+        // The spool's capacity, so alerts can say "near full" (0: no spool).
+        let spool_max_bytes = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+        if config.spool.enabled {
+            spool_max_bytes.set(i64::try_from(config.spool.max_bytes).unwrap_or(i64::MAX));
+        }
+        metrics.register(
+            "spool_max_bytes",
+            "spool.max_bytes: the spool is full at this many bytes (0: no spool)",
+            spool_max_bytes,
+        );
         let mut spool = match SpoolSettings::from_config(&config.spool) {
             Some(settings) => Some(Spool::open(settings, metrics.spool.clone())?),
             None => None,

@@ -646,13 +646,16 @@ struct DeliveryCounter {
     spool: Option<SpoolHandle>,
     /// The sink, to report permanent failures to the error topic.
     sink: OnceLock<Weak<KafkaSink>>,
+    /// librdkafka's statistics, exported (`statistics.interval.ms`).
+    stats: crate::kafka_stats::KafkaStats,
 }
 
 impl DeliveryCounter {
     fn new(metrics: Arc<Metrics>, spool: Option<SpoolHandle>) -> Self {
         Self {
-            metrics,
             last_error_log: AtomicU64::new(0),
+            stats: crate::kafka_stats::KafkaStats::new(&metrics),
+            metrics,
             spool,
             sink: OnceLock::new(),
         }
@@ -728,6 +731,10 @@ impl ClientContext for DeliveryCounter {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(target: "librdkafka", error = %error, "{reason}");
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.stats.update(statistics);
     }
 }
 
