@@ -245,3 +245,173 @@ pub fn replace_once(text: &str, from: &str, to: &str) -> String {
     );
     text.replacen(from, to, 1)
 }
+
+/// A test PKI: a CA of its own and a server certificate it signed, for
+/// `localhost` and `127.0.0.1`.
+pub struct Pki {
+    /// The CA's certificate (what a client trusts: `ssl.ca.location`).
+    pub ca: PathBuf,
+    /// The server's certificate followed by its key (HAProxy's `crt`).
+    pub combined: PathBuf,
+}
+
+/// Generates a CA and a server certificate into `dir` (files `<name>-ca.pem`
+/// and `<name>-server.pem`).
+pub fn pki(dir: &Path, name: &str) -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("beacond test CA {name}"));
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let mut server_params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let server = server_params.signed_by(&server_key, &ca).unwrap();
+    let pki = Pki {
+        ca: dir.join(format!("{name}-ca.pem")),
+        combined: dir.join(format!("{name}-server.pem")),
+    };
+    std::fs::write(&pki.ca, ca.pem()).unwrap();
+    std::fs::write(
+        &pki.combined,
+        format!("{}{}", server.pem(), server_key.serialize_pem()),
+    )
+    .unwrap();
+    pki
+}
+
+/// HAProxy in TCP mode terminating TLS on `tls_port` in front of a broker
+/// on `broker_port` (tansu 0.6 cannot serve TLS itself).
+pub fn tls_front(dir: &Path, pki: &Pki, tls_port: u16, broker_port: u16) -> Proc {
+    let config = format!(
+        "global\n    log stderr format raw local0\n    maxconn 200\n\
+         defaults\n    mode tcp\n    log global\n    option tcplog\n\
+         \x20   timeout connect 2s\n    timeout client 5m\n    timeout server 5m\n\
+         frontend kafka_tls\n    bind 127.0.0.1:{tls_port} ssl crt {}\n    default_backend broker\n\
+         backend broker\n    server tansu 127.0.0.1:{broker_port}\n",
+        pki.combined.display()
+    );
+    haproxy(dir, "haproxy-kafka-tls", &config)
+}
+
+/// A librdkafka client config: `bootstrap.servers` and `props`.
+pub fn kafka_client(brokers: &str, props: &[(&str, &str)]) -> rdkafka::ClientConfig {
+    let mut c = rdkafka::ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in props {
+        c.set(*k, *v);
+    }
+    c
+}
+
+/// Creates `topic` through a client configured with `props`.
+pub async fn create_topic_with(brokers: &str, props: &[(&str, &str)], topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        kafka_client(brokers, props).create().expect("admin client");
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics(
+            [&new],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create_topics");
+    for r in results {
+        if let Err((name, code)) = r {
+            panic!("cannot create topic {name}: {code}");
+        }
+    }
+}
+
+/// Reads `topic` (partition 0, from the beginning) through a client
+/// configured with `props`, until `expected` payloads arrived or `timeout`.
+pub fn consume_with(
+    brokers: &str,
+    props: &[(&str, &str)],
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<Vec<u8>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = kafka_client(brokers, props)
+        .set("group.id", crate::common::unique_topic("g"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < expected && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(m.payload().unwrap_or_default().to_vec());
+        }
+    }
+    out
+}
+
+/// A beacond config for the Kafka transport tests: loopback listeners on
+/// `ports`, `brokers`, `topic`, `[kafka.properties]` from `props` (TOML
+/// lines as an operator writes them), a spool in `dir` when `spool`.
+pub fn transport_config(
+    dir: &Path,
+    ports: (u16, u16),
+    brokers: &str,
+    topic: &str,
+    props: &str,
+    spool: bool,
+) -> PathBuf {
+    let path = dir.join("beacond.toml");
+    let spool = if spool {
+        format!("[spool]\ndir = \"{}\"\n", dir.join("spool").display())
+    } else {
+        "[spool]\nenabled = false\n".to_string()
+    };
+    std::fs::write(
+        &path,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n\
+             [output]\nhostname = \"transport-test\"\n\
+             [kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\n\
+             [kafka.properties]\n\"linger.ms\" = 5\n{props}\n{spool}\
+             [shutdown]\ndrain_seconds = 0\nflush_timeout_seconds = 5\n",
+            ports.0, ports.1
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Polls `log()` until it contains `needle` (deadline `timeout`).
+pub async fn wait_log(p: &Proc, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = p.log();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never logged {needle:?}; log:\n{log}",
+            p.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
