@@ -108,8 +108,8 @@ impl Instance {
     }
 }
 
-/// beacond's drain: longer than HAProxy needs to see `/readyz` fail
-/// (`inter` + `fall` × `fastinter` below: 0.5 + 2 × 0.2 s).
+/// beacond's drain: longer than HAProxy needs to see `/readyz` fail (at
+/// most `inter`, then (`fall` - 1) × `fastinter` below: 0.5 + 0.2 s).
 const DRAIN_SECONDS: u64 = 3;
 
 /// `config/deploy/haproxy.cfg` with this test's addresses, stats socket and
