@@ -382,3 +382,21 @@ async fn rolling_restart_behind_haproxy_loses_nothing_and_fails_no_client() {
         "a token nobody sent"
     );
 }
+
+#[test]
+fn retries_are_read_from_haproxys_log() {
+    let line = |counters: &str| {
+        format!(
+            "127.0.0.1:35614 [02/Dec/2026:00:50:28.960] beacon beacons/beacond1 0/0/0/1/1 204 75 \
+             - - ---- {counters} 0/0 \"GET /beacon/event?%7B%22t%22%3A%22lb0000001%22%7D; HTTP/1.1\""
+        )
+    };
+    let log = [line("1/1/0/0/0"), line("1/1/0/0/1"), line("1/1/0/0/+1")].join("\n");
+    assert_eq!(retried_in_log(&log), 2);
+    assert_eq!(
+        token_of(
+            b"?%7B%22t%22%3A%22lb0000001%22%7D;\th\t1\t2026-12-02T00:50:28\t127.0.0.1\t\"ua\""
+        ),
+        Some("lb0000001".into())
+    );
+}
