@@ -4,8 +4,8 @@
 //! on `/readyz`), steady open-loop load through it on keep-alive
 //! connections, and a rolling restart (SIGTERM one instance, start it again
 //! once it exited, wait until HAProxy has it UP, then the other). No client
-//! sees a non-2xx answer or a failed connection, and every beacon answered
-//! 204 is in Kafka (duplicates counted and printed). Needs a broker
+//! sees a non-2xx answer or a failed connection, and every beacon (GET and
+//! sendBeacon's empty POST) answered 204 is in Kafka (duplicates counted and printed). Needs a broker
 //! (`BEACOND_TEST_BROKERS`).
 
 mod common;
@@ -179,9 +179,16 @@ async fn send_beacon(lb: SocketAddr, pool: Pool, token: String) -> (String, Answ
             Err(e) => return (token, Answer::Failed(format!("connect: {e}"))),
         },
     };
+    // Half GET (the image fallback), half POST with an empty body (what
+    // navigator.sendBeacon sends).
+    let (method, body_header) = if token.ends_with(['1', '3', '5', '7', '9']) {
+        ("POST", "Content-Length: 0\r\n")
+    } else {
+        ("GET", "")
+    };
     let req = format!(
-        "GET /beacon/event?%7B%22t%22%3A%22{token}%22%7D; HTTP/1.1\r\nHost: beacon.test\r\n\
-         User-Agent: lb-test\r\n\r\n"
+        "{method} /beacon/event?%7B%22t%22%3A%22{token}%22%7D; HTTP/1.1\r\nHost: beacon.test\r\n\
+         User-Agent: lb-test\r\n{body_header}\r\n"
     );
     if let Err(e) = s.write_all(req.as_bytes()).await {
         return (token, Answer::Failed(format!("write: {e}")));
