@@ -245,6 +245,20 @@ const RESERVED_PROPERTIES: &[(&str, &str)] = &[
     ("metadata.broker.list", "kafka.brokers"),
 ];
 
+/// librdkafka properties whose values are secrets (passwords, private keys,
+/// OAuth client secrets): `--check` prints them as [`REDACTED`].
+pub const SECRET_PROPERTIES: &[&str] = &[
+    "sasl.password",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.config",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl.keystore.password",
+];
+
+/// What `--check` prints instead of a secret property's value.
+pub const REDACTED: &str = "<redacted>";
+
 /// librdkafka's own default for `message.max.bytes`.
 const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
@@ -911,13 +925,20 @@ impl Config {
         Ok(())
     }
 
-    /// The effective config as TOML, for `--check`.
+    /// The effective config as TOML, for `--check`; secret properties
+    /// ([`SECRET_PROPERTIES`]) are shown as [`REDACTED`].
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         for (k, v) in self.producer_properties() {
-            if k != "bootstrap.servers" {
-                shown.kafka.properties.insert(k, PropertyValue::Text(v));
+            if k == "bootstrap.servers" {
+                continue;
             }
+            let v = if SECRET_PROPERTIES.contains(&k.as_str()) {
+                REDACTED.to_string()
+            } else {
+                v
+            };
+            shown.kafka.properties.insert(k, PropertyValue::Text(v));
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
@@ -1218,5 +1239,29 @@ mod tests {
             again.kafka.properties["compression.codec"],
             PropertyValue::Text("snappy".into())
         );
+    }
+
+    #[test]
+    fn check_output_redacts_secret_properties() {
+        let c = Config::parse(
+            "[kafka.properties]\n\"security.protocol\" = \"sasl_ssl\"\n\
+             \"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"beacond\"\n\
+             \"sasl.password\" = \"hunter2-sasl\"\n\"ssl.key.password\" = \"hunter2-key\"\n",
+            "f",
+        )
+        .unwrap();
+        let shown = c.to_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("\"sasl.password\" = \"<redacted>\""),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("\"ssl.key.password\" = \"<redacted>\""),
+            "{shown}"
+        );
+        assert!(shown.contains("\"sasl.username\" = \"beacond\""), "{shown}");
+        // The config in force keeps the real values.
+        assert_eq!(c.producer_properties()["sasl.password"], "hunter2-sasl");
     }
 }
