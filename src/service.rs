@@ -346,6 +346,10 @@ impl Service {
             },
         )
         .await;
+        // Every connection task has ended (those still running after the
+        // grace period were ended without an answer): nothing enqueues from
+        // here on, and the sink refuses anything that would.
+        sink.close();
 
         let flush_timeout = Duration::from_secs(config.shutdown.flush_timeout_seconds);
         if let Some(spool) = sink.spool() {
