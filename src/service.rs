@@ -244,6 +244,22 @@ impl Service {
             .unwrap_or(self.config.admin.listen)
     }
 
+    /// Writes the bound addresses to `path` (`beacon=ADDR\nadmin=ADDR\n`):
+    /// into a temporary file next to it, then renamed over it, so a reader
+    /// sees the whole file or none. Start-up only (blocking I/O).
+    pub fn write_ready_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let text = format!(
+            "beacon={}\nadmin={}\n",
+            self.beacon_addr(),
+            self.admin_addr()
+        );
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = std::path::PathBuf::from(tmp);
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)
+    }
+
     /// Serves until `shutdown` resolves, then drains and flushes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
         self.run_until(shutdown, std::future::pending()).await
