@@ -208,13 +208,19 @@ impl Service {
             });
             intake = intake.with_events(events, &metrics);
         }
-        let bind = |key: &'static str, addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServiceError::Bind { key, addr, source })
+        let bind = |key: &'static str, addr: SocketAddr, send_buffer: Option<usize>| {
+            listener::bind(addr, send_buffer).map_err(|source| ServiceError::Bind {
+                key,
+                addr,
+                source,
+            })
         };
-        let beacon_listener = bind("http.listen", config.http.listen).await?;
-        let admin_listener = bind("admin.listen", config.admin.listen).await?;
+        let beacon_listener = bind(
+            "http.listen",
+            config.http.listen,
+            Some(config.http.send_buffer_bytes),
+        )?;
+        let admin_listener = bind("admin.listen", config.admin.listen, None)?;
         Ok(Service {
             config,
             beacon_listener,
@@ -310,6 +316,7 @@ impl Service {
         let settings = ConnectionSettings {
             header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
             max_buf_size: config.http.max_query_bytes + 16 * 1024,
+            write_timeout: Duration::from_millis(config.http.write_timeout_ms),
             shutdown_grace: REQUEST_GRACE,
         };
         let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
