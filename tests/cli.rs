@@ -183,3 +183,35 @@ fn sigterm_drains_while_not_ready_and_a_second_signal_cuts_it_short() {
     assert_eq!(exit.code(), Some(0), "{}", child.log());
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+#[test]
+fn the_ready_file_and_the_serving_line_name_the_bound_addresses() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = temp_dir("cli-ready");
+    let cfg = write_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [output]\nhostname = \"ready-host\"\n[kafka]\nbrokers = \"127.0.0.1:9\"\n\
+         [spool]\ndir = \"{}\"\n[shutdown]\ndrain_seconds = 0\nflush_timeout_seconds = 0\n",
+        dir.join("spool").display()
+    ));
+    let svc = ChildBeacond::start(&dir, &cfg.0, "beacond.log");
+    assert_ne!(svc.beacon.port(), 0);
+    assert_ne!(svc.admin.port(), 0);
+    rt.block_on(async {
+        wait_http(svc.admin, "/healthz", false).await;
+        assert_eq!(
+            get(svc.beacon, "/beacon/event?%7B%7D;", &[]).await.status,
+            204
+        );
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !svc.log().contains("beacond serving") {
+        assert!(Instant::now() < deadline, "no serving line:\n{}", svc.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = svc.log();
+    assert!(log.contains(&format!("beacon={}", svc.beacon)), "{log}");
+    assert!(log.contains(&format!("admin={}", svc.admin)), "{log}");
+    let (code, log) = svc.stop();
+    assert_eq!(code, Some(0), "{log}");
+}

@@ -390,3 +390,71 @@ async fn accept_errors_back_off_are_counted_and_logged_once_per_burst() {
     let (code, log) = svc.stop();
     assert_eq!(code, Some(0), "{log}");
 }
+
+/// Issue 12, item 3, end to end: POSTs whose body began before SIGTERM and
+/// ends after the shutdown grace (10 s) are never answered 204: their
+/// connections are closed when the grace ends, before the flush (and a
+/// late enqueue would be refused by the closed sink: 503).
+#[test]
+fn after_the_grace_a_late_request_is_never_answered_2xx() {
+    const CLIENTS: usize = 10;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = temp_dir("late-body");
+    let config = dir.join("beacond.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [output]\nhostname = \"late-host\"\n[kafka]\nbrokers = \"127.0.0.1:9\"\n\
+             [spool]\nmode = \"overflow\"\ndir = {:?}\n\
+             [shutdown]\ndrain_seconds = 0\nflush_timeout_seconds = 1\n",
+            dir.join("spool").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut svc = ChildBeacond::start(&dir, &config, "beacond.log");
+    let mut clients = rt.block_on(async {
+        wait_http(svc.admin, "/healthz", false).await;
+        let mut clients = Vec::new();
+        for i in 0..CLIENTS {
+            let mut s = TcpStream::connect(svc.beacon).await.unwrap();
+            let head = format!(
+                "POST /beacon/event?%7B%22late%22%3A{i}%7D; HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\na"
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            clients.push(s);
+        }
+        svc.wait_metric("beacond_connections_open", CLIENTS as f64)
+            .await;
+        clients
+    });
+    svc.signal("-TERM");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !svc
+        .log()
+        .contains("connections still open after the shutdown grace period")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "grace never ended:\n{}",
+            svc.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rt.block_on(async {
+        for s in &mut clients {
+            let _ = s.write_all(b"b").await;
+        }
+        for s in &mut clients {
+            let (got, closed) = read_until_closed(s, Duration::from_secs(20)).await;
+            let text = String::from_utf8_lossy(&got);
+            assert!(
+                !text.starts_with("HTTP/1.1 2"),
+                "answered after the grace: {text}"
+            );
+            assert!(closed, "still open after the grace");
+        }
+    });
+    let exit = svc.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{}", svc.log());
+}
