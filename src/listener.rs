@@ -117,15 +117,22 @@ impl LabelSet for ConnectionClose {
 pub enum AcceptFailure {
     /// EMFILE or ENFILE: out of file descriptors.
     FileLimit,
+    /// That one connection was aborted or reset before it was accepted
+    /// (ECONNABORTED...): nothing wrong with the listener, no backoff.
+    ConnectionAborted,
     /// Anything else (ENOBUFS, ENOMEM, ...).
     Other,
 }
 
 impl AcceptFailure {
     fn of(e: &io::Error) -> Self {
+        use io::ErrorKind as K;
         // EMFILE (24) and ENFILE (23) on Linux and the BSDs.
-        match e.raw_os_error() {
-            Some(23 | 24) => AcceptFailure::FileLimit,
+        match (e.raw_os_error(), e.kind()) {
+            (Some(23 | 24), _) => AcceptFailure::FileLimit,
+            (_, K::ConnectionAborted | K::ConnectionReset | K::Interrupted) => {
+                AcceptFailure::ConnectionAborted
+            }
             _ => AcceptFailure::Other,
         }
     }
@@ -133,10 +140,15 @@ impl AcceptFailure {
 
 impl LabelSet for AcceptFailure {
     const NAME: &'static str = "reason";
-    const ALL: &'static [Self] = &[AcceptFailure::FileLimit, AcceptFailure::Other];
+    const ALL: &'static [Self] = &[
+        AcceptFailure::FileLimit,
+        AcceptFailure::ConnectionAborted,
+        AcceptFailure::Other,
+    ];
     fn as_str(self) -> &'static str {
         match self {
             AcceptFailure::FileLimit => "file_limit",
+            AcceptFailure::ConnectionAborted => "connection_aborted",
             AcceptFailure::Other => "other",
         }
     }
@@ -357,8 +369,13 @@ pub async fn serve_with_edge<H, F>(
                     // EMFILE and friends: the connection stays in the
                     // backlog; wait longer each time, keep serving the
                     // connections we have, and stop waiting at shutdown.
+                    let failure = AcceptFailure::of(&e);
                     if let Some(c) = &counters {
-                        c.accept_failures.inc(AcceptFailure::of(&e));
+                        c.accept_failures.inc(failure);
+                    }
+                    if failure == AcceptFailure::ConnectionAborted {
+                        tracing::debug!(error = %e, "connection gone before accept");
+                        continue;
                     }
                     let wait = backoff.failed(&e);
                     tokio::select! {
@@ -631,6 +648,10 @@ mod tests {
         assert_eq!(
             AcceptFailure::of(&io::Error::from_raw_os_error(105)),
             AcceptFailure::Other
+        );
+        assert_eq!(
+            AcceptFailure::of(&io::Error::from(io::ErrorKind::ConnectionAborted)),
+            AcceptFailure::ConnectionAborted
         );
     }
 
