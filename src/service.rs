@@ -2,9 +2,10 @@
 //!
 //! Owns start-up order (config checks, producer, listeners, probe) and the
 //! shutdown sequence: readiness turns 503, the beacon listener stops accepting
-//! and finishes in-flight requests, the producer is flushed (bounded by
-//! `shutdown.flush_timeout_seconds`), and what could not be delivered is
-//! counted and logged.
+//! and finishes in-flight requests (those unfinished after the grace period
+//! are closed unanswered), the sink is closed (later enqueues are refused),
+//! the producer is flushed (bounded by `shutdown.flush_timeout_seconds`), and
+//! what could not be delivered is counted and logged.
 //!
 //! Must never: exit without flushing the producer.
 
