@@ -60,6 +60,12 @@ pub struct HttpConfig {
     pub max_user_agent_bytes: usize,
     pub max_body_bytes: usize,
     pub header_read_timeout_ms: u64,
+    /// How long a response write may make no progress (the client reading
+    /// nothing) before the connection is closed.
+    pub write_timeout_ms: u64,
+    /// The kernel's send buffer of each beacon connection (`SO_SNDBUF`):
+    /// bounds the responses answered but not yet read by the client.
+    pub send_buffer_bytes: usize,
     /// Open beacon connections at most; beyond, new ones are closed at once.
     pub max_connections: usize,
     /// Header lines per request at most; more gets 431.
@@ -123,6 +129,8 @@ impl Default for HttpConfig {
             max_user_agent_bytes: 2048,
             max_body_bytes: 65536,
             header_read_timeout_ms: 30_000,
+            write_timeout_ms: 10_000,
+            send_buffer_bytes: 65_536,
             max_connections: 10_000,
             max_headers: 100,
             proxy_protocol: false,
@@ -603,6 +611,18 @@ impl Config {
             return Err(invalid(
                 "http.header_read_timeout_ms",
                 "must be above 0".into(),
+            ));
+        }
+        if !(1..=3_600_000).contains(&http.write_timeout_ms) {
+            return Err(invalid(
+                "http.write_timeout_ms",
+                "must be between 1 and 3600000".into(),
+            ));
+        }
+        if !(4096..=1 << 26).contains(&http.send_buffer_bytes) {
+            return Err(invalid(
+                "http.send_buffer_bytes",
+                "must be between 4096 and 67108864".into(),
             ));
         }
         if http.max_connections == 0 {
@@ -1125,6 +1145,11 @@ mod tests {
         assert!(msg.contains("rate_limit.exceeded"), "{msg}");
         for (text, key) in [
             ("[http]\nmax_connections = 0\n", "http.max_connections"),
+            ("[http]\nwrite_timeout_ms = 0\n", "http.write_timeout_ms"),
+            (
+                "[http]\nsend_buffer_bytes = 100\n",
+                "http.send_buffer_bytes",
+            ),
             ("[http]\nmax_headers = 0\n", "http.max_headers"),
             ("[rate_limit]\nmax_keys = 0\n", "rate_limit.max_keys"),
         ] {

@@ -20,6 +20,11 @@ struct Args {
     /// Validate the config, print the effective config, and exit.
     #[arg(long)]
     check: bool,
+    /// Once both listeners are bound, write their addresses to FILE
+    /// (`beacon=ADDR` and `admin=ADDR` lines, replaced atomically): how a
+    /// supervisor or a test learns the ports when the config says port 0.
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,6 +68,11 @@ fn main() -> anyhow::Result<()> {
         let service = Service::bind(config)
             .await?
             .with_service_manager(ServiceManager::from_env());
+        if let Some(path) = &args.ready_file {
+            service
+                .write_ready_file(path)
+                .with_context(|| format!("--ready-file {}", path.display()))?;
+        }
         reload_on_sighup(hangups, service.events_reloader());
         let (shutdown, hurry) = shutdown_signals();
         service.run_until(shutdown, hurry).await?;

@@ -2,9 +2,10 @@
 //!
 //! Owns start-up order (config checks, producer, listeners, probe) and the
 //! shutdown sequence: readiness turns 503, the beacon listener stops accepting
-//! and finishes in-flight requests, the producer is flushed (bounded by
-//! `shutdown.flush_timeout_seconds`), and what could not be delivered is
-//! counted and logged.
+//! and finishes in-flight requests (those unfinished after the grace period
+//! are closed unanswered), the sink is closed (later enqueues are refused),
+//! the producer is flushed (bounded by `shutdown.flush_timeout_seconds`), and
+//! what could not be delivered is counted and logged.
 //!
 //! Must never: exit without flushing the producer.
 
@@ -220,13 +221,19 @@ impl Service {
             });
             intake = intake.with_events(events, &metrics);
         }
-        let bind = |key: &'static str, addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServiceError::Bind { key, addr, source })
+        let bind = |key: &'static str, addr: SocketAddr, send_buffer: Option<usize>| {
+            listener::bind(addr, send_buffer).map_err(|source| ServiceError::Bind {
+                key,
+                addr,
+                source,
+            })
         };
-        let beacon_listener = bind("http.listen", config.http.listen).await?;
-        let admin_listener = bind("admin.listen", config.admin.listen).await?;
+        let beacon_listener = bind(
+            "http.listen",
+            config.http.listen,
+            Some(config.http.send_buffer_bytes),
+        )?;
+        let admin_listener = bind("admin.listen", config.admin.listen, None)?;
         Ok(Service {
             config,
             beacon_listener,
@@ -262,6 +269,22 @@ impl Service {
         self.admin_listener
             .local_addr()
             .unwrap_or(self.config.admin.listen)
+    }
+
+    /// Writes the bound addresses to `path` (`beacon=ADDR\nadmin=ADDR\n`):
+    /// into a temporary file next to it, then renamed over it, so a reader
+    /// sees the whole file or none. Start-up only (blocking I/O).
+    pub fn write_ready_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let text = format!(
+            "beacon={}\nadmin={}\n",
+            self.beacon_addr(),
+            self.admin_addr()
+        );
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = std::path::PathBuf::from(tmp);
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)
     }
 
     /// Serves until `shutdown` resolves, then drains and flushes.
@@ -315,6 +338,7 @@ impl Service {
         let settings = ConnectionSettings {
             header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
             max_buf_size: config.http.max_query_bytes + 16 * 1024,
+            write_timeout: Duration::from_millis(config.http.write_timeout_ms),
             shutdown_grace: REQUEST_GRACE,
         };
         let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -380,6 +404,10 @@ impl Service {
             },
         )
         .await;
+        // Every connection task has ended (those still running after the
+        // grace period were ended without an answer): nothing enqueues from
+        // here on, and the sink refuses anything that would.
+        sink.close();
 
         let flush_timeout = Duration::from_secs(config.shutdown.flush_timeout_seconds);
         if let Some(spool) = sink.spool() {

@@ -65,6 +65,9 @@ impl<'a> OutboundMessage<'a> {
     }
 }
 
+/// The refusal of an enqueue after [`KafkaSink::close`].
+pub const SINK_CLOSED: &str = "the sink is closed (shutting down)";
+
 /// Why a message was not taken. Nothing was sent; a beacon is answered 503.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnqueueError {
@@ -142,6 +145,8 @@ pub struct KafkaSink {
     spool: Option<SpoolHandle>,
     /// Spooled records in flight at most, so live traffic keeps room.
     dispatch_limit: usize,
+    /// Set once shutdown flushes: every enqueue is refused from then on.
+    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -257,6 +262,7 @@ impl KafkaSink {
             refresh_wanted: AtomicBool::new(false),
             spool,
             dispatch_limit: (queue_max / 2).max(1),
+            closed: AtomicBool::new(false),
         });
         let _ = sink.producer.context().sink.set(Arc::downgrade(&sink));
         Ok(sink)
@@ -413,6 +419,7 @@ impl KafkaSink {
     /// Blocking. Returns how many messages were still in the producer at the
     /// end (without a spool, those are lost).
     pub fn flush_and_spool(&self, timeout: Duration) -> usize {
+        self.close();
         if let Err(e) = self.producer.flush(timeout) {
             tracing::warn!(error = %e, in_flight = self.in_flight(), "producer flush did not complete");
         }
@@ -431,6 +438,13 @@ impl KafkaSink {
             }
         }
         self.in_flight()
+    }
+
+    /// Refuses every enqueue from now on (shutdown, before the flush): a
+    /// request that would hand a message over after the flush gets a 503,
+    /// never a 2xx for a message nobody will deliver or spool.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 
     /// Waits (blocking) until nothing is in flight, at most `limit`.
@@ -494,6 +508,10 @@ impl KafkaSink {
 impl MessageSink for KafkaSink {
     fn enqueue(&self, message: &OutboundMessage<'_>) -> Result<Enqueued, EnqueueError> {
         let role = role_of(&message.destination);
+        if self.closed.load(Ordering::Acquire) {
+            self.metrics.topic(role).enqueue_failed.inc();
+            return Err(EnqueueError::Refused(SINK_CLOSED.into()));
+        }
         if let Err(e) = check_record(&message.destination, message.key) {
             self.metrics.topic(role).enqueue_failed.inc();
             return Err(e.into());
@@ -971,6 +989,25 @@ mod tests {
         assert_eq!(m.topic(TopicRole::EventError).enqueue_failed.get(), 1);
         assert_eq!(m.topic(TopicRole::Main).produced.get(), 1);
         // Purge so dropping the producer does not wait.
+        sink.producer.purge(PurgeConfig::default().queue());
+    }
+
+    #[test]
+    fn a_closed_sink_refuses_every_enqueue() {
+        let sink = offline_sink();
+        let beacon = OutboundMessage {
+            destination: Destination::Beacons,
+            key: None,
+            payload: b"line",
+        };
+        assert!(matches!(sink.enqueue(&beacon), Ok(Enqueued::Queued)));
+        sink.close();
+        match sink.enqueue(&beacon) {
+            Err(EnqueueError::Refused(why)) => assert_eq!(why, SINK_CLOSED),
+            other => panic!("enqueue after close: {other:?}"),
+        }
+        assert_eq!(sink.metrics.topic(TopicRole::Main).produced.get(), 1);
+        assert_eq!(sink.metrics.topic(TopicRole::Main).enqueue_failed.get(), 1);
         sink.producer.purge(PurgeConfig::default().queue());
     }
 }

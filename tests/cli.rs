@@ -3,7 +3,7 @@
 mod common;
 
 use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -94,23 +94,16 @@ fn sigterm_flushes_and_exits_zero() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let topic = unique_topic("sigterm");
     rt.block_on(create_topic(&brokers, &topic, 3));
-    let beacon_port = free_port();
-    let admin_port = free_port();
+    let dir = temp_dir("cli-sigterm");
     let cfg = write_config(&format!(
-        "[http]\nlisten = \"127.0.0.1:{beacon_port}\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [output]\nhostname = \"sigterm-host\"\n[kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\n\
          [kafka.properties]\n\"linger.ms\" = 200\n[shutdown]\ndrain_seconds = 1\n\
          [spool]\ndir = \"{}\"\n",
         temp_dir("cli-spool").display()
     ));
-    let mut child = Command::new(BIN)
-        .args(["--config", cfg.0.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let beacon: std::net::SocketAddr = format!("127.0.0.1:{beacon_port}").parse().unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let child = ChildBeacond::start(&dir, &cfg.0, "beacond.log");
+    let (beacon, admin) = (child.beacon, child.admin);
     let sent = rt.block_on(async {
         wait_http(admin, "/readyz", false).await;
         // linger.ms = 200: many of these are still in the producer's queue
@@ -123,28 +116,8 @@ fn sigterm_flushes_and_exits_zero() {
         }
         ok
     });
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "no exit within 30 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    use std::io::Read as _;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert_eq!(exit.code(), Some(0), "exit status; log:\n{stderr}");
+    let (code, stderr) = child.stop();
+    assert_eq!(code, Some(0), "exit status; log:\n{stderr}");
     assert!(stderr.contains("producer flushed"), "{stderr}");
     let got = consume(
         &brokers,
@@ -176,33 +149,20 @@ fn sigterm_flushes_and_exits_zero() {
 #[test]
 fn sigterm_drains_while_not_ready_and_a_second_signal_cuts_it_short() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let beacon_port = free_port();
-    let admin_port = free_port();
+    let dir = temp_dir("cli-drain");
     // No broker needed: the spool takes what the producer cannot deliver.
     let cfg = write_config(&format!(
-        "[http]\nlisten = \"127.0.0.1:{beacon_port}\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [output]\nhostname = \"drain-host\"\n[kafka]\nbrokers = \"127.0.0.1:9\"\n\
          [spool]\ndir = \"{}\"\n[shutdown]\ndrain_seconds = 60\nflush_timeout_seconds = 1\n",
         temp_dir("drain-spool").display()
     ));
-    let mut child = Command::new(BIN)
-        .args(["--config", cfg.0.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let beacon: std::net::SocketAddr = format!("127.0.0.1:{beacon_port}").parse().unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let mut child = ChildBeacond::start(&dir, &cfg.0, "beacond.log");
+    let (beacon, admin) = (child.beacon, child.admin);
     rt.block_on(async {
         wait_http(admin, "/healthz", true).await;
     });
-    let term = || {
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-    };
-    assert!(term().success());
+    child.signal("-TERM");
     rt.block_on(async {
         // Draining: not ready, yet beacons are still answered.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -217,18 +177,42 @@ fn sigterm_drains_while_not_ready_and_a_second_signal_cuts_it_short() {
         assert_eq!(get(beacon, "/beacon/event?%7B%7D", &[]).await.status, 204);
     });
     let started = Instant::now();
-    assert!(term().success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the second SIGTERM did not cut the drain short"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(exit.code(), Some(0));
+    child.signal("-TERM");
+    let exit = child
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("the second SIGTERM did not cut the drain short"));
+    assert_eq!(exit.code(), Some(0), "{}", child.log());
     assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn the_ready_file_and_the_serving_line_name_the_bound_addresses() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = temp_dir("cli-ready");
+    let cfg = write_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [output]\nhostname = \"ready-host\"\n[kafka]\nbrokers = \"127.0.0.1:9\"\n\
+         [spool]\ndir = \"{}\"\n[shutdown]\ndrain_seconds = 0\nflush_timeout_seconds = 0\n",
+        dir.join("spool").display()
+    ));
+    let svc = ChildBeacond::start(&dir, &cfg.0, "beacond.log");
+    assert_ne!(svc.beacon.port(), 0);
+    assert_ne!(svc.admin.port(), 0);
+    rt.block_on(async {
+        wait_http(svc.admin, "/healthz", false).await;
+        assert_eq!(
+            get(svc.beacon, "/beacon/event?%7B%7D;", &[]).await.status,
+            204
+        );
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !svc.log().contains("beacond serving") {
+        assert!(Instant::now() < deadline, "no serving line:\n{}", svc.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = svc.log();
+    assert!(log.contains(&format!("beacon={}", svc.beacon)), "{log}");
+    assert!(log.contains(&format!("admin={}", svc.admin)), "{log}");
+    let (code, log) = svc.stop();
+    assert_eq!(code, Some(0), "{log}");
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -310,13 +310,12 @@ fn kill_9_in_always_mode_loses_nothing_answered_204() {
     let topic = unique_topic("kill9");
     rt.block_on(create_topic(&brokers, &topic, 3));
     let spool = temp_dir("kill9-spool");
-    let beacon_port = free_port();
-    let admin_port = free_port();
-    let config_path = temp_dir("kill9-cfg").join("beacond.toml");
+    let dir = temp_dir("kill9-cfg");
+    let config_path = dir.join("beacond.toml");
     std::fs::write(
         &config_path,
         format!(
-            "[http]\nlisten = \"127.0.0.1:{beacon_port}\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+            "[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
              [output]\nhostname = \"kill9-host\"\n[kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\n\
              [kafka.properties]\n\"linger.ms\" = 500\n\
              [spool]\nmode = \"always\"\ndir = \"{}\"\nfsync_interval_ms = 50\n[shutdown]\ndrain_seconds = 0\n",
@@ -324,35 +323,25 @@ fn kill_9_in_always_mode_loses_nothing_answered_204() {
         ),
     )
     .unwrap();
-    let start = || {
-        Command::new(env!("CARGO_BIN_EXE_beacond"))
-            .args(["--config", config_path.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let beacon: std::net::SocketAddr = format!("127.0.0.1:{beacon_port}").parse().unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let wait_ready = || {
+    let wait_ready = |child: &ChildBeacond| {
         rt.block_on(async {
-            wait_http(admin, "/readyz", false).await;
+            wait_http(child.admin, "/readyz", false).await;
         })
     };
 
-    let mut child = start();
-    wait_ready();
+    let mut child = ChildBeacond::start(&dir, &config_path, "first.log");
+    wait_ready(&child);
+    let beacon = child.beacon;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let loader = rt.spawn(load(beacon, "k".into(), Duration::ZERO, stop.clone()));
     std::thread::sleep(Duration::from_millis(1500));
-    child.kill().unwrap(); // SIGKILL
-    let _ = child.wait();
+    child.kill(); // SIGKILL
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (sent, _) = rt.block_on(loader).unwrap();
     assert!(sent.len() > 50, "load ran: {}", sent.len());
 
-    let mut child = start();
-    wait_ready();
+    let child = ChildBeacond::start(&dir, &config_path, "second.log");
+    wait_ready(&child);
     let got = consume(
         &brokers,
         &topic,
@@ -361,10 +350,7 @@ fn kill_9_in_always_mode_loses_nothing_answered_204() {
         Duration::from_secs(3),
     );
     let seen = ids_in(&got);
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    let _ = child.stop();
     let dups = assert_none_lost(&sent, &seen);
     eprintln!(
         "kill -9: {} answered 204, lost 0, duplicates {dups}",

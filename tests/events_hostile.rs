@@ -13,7 +13,7 @@ mod crosscheck;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use beacond::config::Config;
@@ -510,15 +510,6 @@ fn vm_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// One round of hostile traffic: floods of unknown schemas and streams,
 /// huge invalid events (each an error event for the producer's queue),
 /// deep nesting, arrays at the cap.
@@ -569,11 +560,10 @@ async fn hostile_round(addr: SocketAddr, round: usize, sent: &mut Sent) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stays_bounded_under_floods_in_a_child_process() {
     let dir = temp_dir("ev-hostile-child");
-    let (beacon_port, admin_port) = (free_port(), free_port());
     let root = repo_root();
     let schemas = fixture_schema_repositories();
     let config = format!(
-        "[http]\nlisten = \"127.0.0.1:{beacon_port}\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [output]\nhostname = \"hostile-host\"\n\
          [kafka]\nbrokers = \"127.0.0.1:9\"\ntopic = \"beacons\"\n\
          [kafka.properties]\n\"queue.buffering.max.kbytes\" = 16384\n\
@@ -586,17 +576,10 @@ async fn memory_stays_bounded_under_floods_in_a_child_process() {
     );
     let path = dir.join("beacond.toml");
     std::fs::write(&path, config).unwrap();
-    let child = Child(
-        Command::new(env!("CARGO_BIN_EXE_beacond"))
-            .args(["--config", path.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let pid = child.0.id();
-    let beacon: SocketAddr = format!("127.0.0.1:{beacon_port}").parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    // Killed when dropped.
+    let child = ChildBeacond::start(&dir, &path, "beacond.log");
+    let pid = child.pid();
+    let (beacon, admin) = (child.beacon, child.admin);
     wait_http(admin, "/healthz", false).await;
     let mut sent = Sent::default();
 

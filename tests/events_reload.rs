@@ -34,27 +34,19 @@ fn write_atomically(path: &Path, text: &str) {
 }
 
 /// A beacond config with the events intake over `streams`.
-fn config_text(
-    dir: &Path,
-    streams: &Path,
-    brokers: &str,
-    prefix: &str,
-    ports: (u16, u16),
-) -> String {
+fn config_text(dir: &Path, streams: &Path, brokers: &str, prefix: &str) -> String {
     let repos: Vec<String> = fixture_schema_repositories()
         .iter()
         .map(|p| format!("{:?}", p.display().to_string()))
         .collect();
     format!(
-        "[http]\nlisten = \"127.0.0.1:{}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [output]\nhostname = \"reload-host\"\n\
          [kafka]\nbrokers = \"{brokers}\"\ntopic = \"{prefix}beacons\"\n\
          [kafka.properties]\n\"linger.ms\" = 5\n\
          [spool]\ndir = {:?}\n[shutdown]\ndrain_seconds = 0\n\
          [events]\nstream_config = {:?}\nschema_repositories = [{}]\n\
          topic_prefix = \"{prefix}\"\nunprefixed_streams = []\n",
-        ports.0,
-        ports.1,
         dir.join("spool").display().to_string(),
         streams.display().to_string(),
         repos.join(", "),
@@ -135,14 +127,9 @@ fn sighup_reloads_the_stream_config_and_a_broken_one_keeps_the_rules_in_force() 
     let dir = temp_dir("reload");
     let streams = dir.join("streams.yaml");
     write_atomically(&streams, BASE_STREAMS);
-    let ports = (free_port(), free_port());
     let config = dir.join("beacond.toml");
-    std::fs::write(
-        &config,
-        config_text(&dir, &streams, &brokers, &prefix, ports),
-    )
-    .unwrap();
-    let svc = ChildBeacond::start(&dir, &config, ports, "beacond.log");
+    std::fs::write(&config, config_text(&dir, &streams, &brokers, &prefix)).unwrap();
+    let svc = ChildBeacond::start(&dir, &config, "beacond.log");
 
     let loaders = rt.block_on(async {
         wait_http(svc.admin, "/readyz", false).await;
@@ -265,11 +252,7 @@ fn check(streams: &str) -> (bool, String) {
     let path = dir.join("streams.yaml");
     std::fs::write(&path, streams).unwrap();
     let config = dir.join("beacond.toml");
-    std::fs::write(
-        &config,
-        config_text(&dir, &path, "127.0.0.1:9", "check.", (0, 0)),
-    )
-    .unwrap();
+    std::fs::write(&config, config_text(&dir, &path, "127.0.0.1:9", "check.")).unwrap();
     let out = Command::new(BIN)
         .args(["--config", config.to_str().unwrap(), "--check"])
         .output()
@@ -337,21 +320,18 @@ fn check_names_the_stream_config_key_that_is_wrong() {
 fn sighup_without_the_events_intake_is_ignored() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = temp_dir("hup-off");
-    let ports = (free_port(), free_port());
     let config = dir.join("beacond.toml");
     std::fs::write(
         &config,
         format!(
-            "[http]\nlisten = \"127.0.0.1:{}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n\
+            "[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
              [output]\nhostname = \"hup-host\"\n[kafka]\nbrokers = \"127.0.0.1:1\"\n\
              [spool]\ndir = {:?}\n[shutdown]\ndrain_seconds = 0\nflush_timeout_seconds = 1\n",
-            ports.0,
-            ports.1,
             dir.join("spool").display().to_string()
         ),
     )
     .unwrap();
-    let svc = ChildBeacond::start(&dir, &config, ports, "beacond.log");
+    let svc = ChildBeacond::start(&dir, &config, "beacond.log");
     rt.block_on(async {
         wait_http(svc.admin, "/healthz", false).await;
         svc.signal("-HUP");

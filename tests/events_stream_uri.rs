@@ -117,20 +117,13 @@ impl ConfigServer {
     }
 }
 
-fn config_text(
-    dir: &Path,
-    uri: &str,
-    cache: &Path,
-    brokers: &str,
-    prefix: &str,
-    ports: (u16, u16),
-) -> String {
+fn config_text(dir: &Path, uri: &str, cache: &Path, brokers: &str, prefix: &str) -> String {
     let repos: Vec<String> = fixture_schema_repositories()
         .iter()
         .map(|p| format!("{:?}", p.display().to_string()))
         .collect();
     format!(
-        "[http]\nlisten = \"127.0.0.1:{}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [output]\nhostname = \"uri-host\"\n\
          [kafka]\nbrokers = \"{brokers}\"\ntopic = \"{prefix}beacons\"\n\
          [kafka.properties]\n\"linger.ms\" = 5\n\
@@ -139,8 +132,6 @@ fn config_text(
          stream_config_cache = {:?}\nschema_repositories = [{}]\n\
          topic_prefix = \"{prefix}\"\nunprefixed_streams = []\n\
          [events.stream_config_headers]\nHost = \"meta.test\"\n",
-        ports.0,
-        ports.1,
         dir.join("spool").display().to_string(),
         cache.display().to_string(),
         repos.join(", "),
@@ -184,16 +175,15 @@ fn stream_config_from_a_url_refreshes_keeps_the_last_good_and_restarts_from_the_
     let cache = dir.join("cache/stream-config.json");
     std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
     let server = ConfigServer::start(Mode::Serve(streams_json(&[])));
-    let ports = (free_port(), free_port());
     let config = dir.join("beacond.toml");
     std::fs::write(
         &config,
-        config_text(&dir, &server.uri(), &cache, &brokers, &prefix, ports),
+        config_text(&dir, &server.uri(), &cache, &brokers, &prefix),
     )
     .unwrap();
 
     // Start-up from the URL, with the configured Host header; cached.
-    let svc = ChildBeacond::start(&dir, &config, ports, "first.log");
+    let svc = ChildBeacond::start(&dir, &config, "first.log");
     rt.block_on(async {
         wait_http(svc.admin, "/readyz", false).await;
         assert_eq!(post_status(svc.beacon, "test.event", "a-1").await, 201);
@@ -289,7 +279,7 @@ fn stream_config_from_a_url_refreshes_keeps_the_last_good_and_restarts_from_the_
 
     // A restart with the server down: the cache serves, X included.
     server.set(Mode::Down);
-    let svc = ChildBeacond::start(&dir, &config, ports, "second.log");
+    let svc = ChildBeacond::start(&dir, &config, "second.log");
     rt.block_on(async {
         wait_http(svc.admin, "/readyz", false).await;
         assert_eq!(
@@ -328,11 +318,10 @@ fn neither_the_url_nor_a_cache_is_a_clear_start_up_error() {
     };
     let uri = format!("http://127.0.0.1:{port}/w/api.php?action=streamconfigs&format=json");
     let cache = dir.join("no-such-cache.json");
-    let ports = (free_port(), free_port());
     let config = dir.join("beacond.toml");
     std::fs::write(
         &config,
-        config_text(&dir, &uri, &cache, "127.0.0.1:9", "none.", ports),
+        config_text(&dir, &uri, &cache, "127.0.0.1:9", "none."),
     )
     .unwrap();
     let out = Command::new(BIN)
@@ -364,7 +353,7 @@ fn check_fetches_the_url_and_writes_no_cache() {
     let config = dir.join("beacond.toml");
     std::fs::write(
         &config,
-        config_text(&dir, &server.uri(), &cache, "127.0.0.1:9", "check.", (0, 0)),
+        config_text(&dir, &server.uri(), &cache, "127.0.0.1:9", "check."),
     )
     .unwrap();
     let out = Command::new(BIN)

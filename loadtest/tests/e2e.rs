@@ -71,14 +71,6 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> Option<std::process::Exit
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     create_topics(brokers, &[topic], partitions, false);
 }
@@ -118,26 +110,62 @@ fn create_topics(brokers: &str, topics: &[&str], partitions: i32, exist_ok: bool
 struct Collector {
     child: Child,
     log: PathBuf,
+    /// The ports it bound (the config says 0; `--ready-file` tells).
+    http: u16,
+    admin: u16,
 }
 
 impl Collector {
     fn start(bin: &Path, config: &Path, log: PathBuf) -> Collector {
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin)
+        let ready = log.with_extension("ready");
+        let mut child = Command::new(bin)
             .arg("--config")
             .arg(config)
+            .arg("--ready-file")
+            .arg(&ready)
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        Collector { child, log }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = |text: &str, key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+                .map(|a| a.port())
+        };
+        let (http, admin) = loop {
+            let text = std::fs::read_to_string(&ready).unwrap_or_default();
+            if let (Some(h), Some(a)) = (port(&text, "beacon="), port(&text, "admin=")) {
+                break (h, a);
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "beacond exited before binding ({status}):\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("beacond did not bind within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Collector {
+            child,
+            log,
+            http,
+            admin,
+        }
     }
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn wait_ready(&mut self, admin_port: u16) {
+    fn wait_ready(&mut self) {
+        let admin_port = self.admin;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -204,18 +232,17 @@ fn run_format(brokers: &str, beacond: &Path, format: &str) {
     let topic = format!("loadtest-e2e-{format}-{unique}");
     create_topic(brokers, &topic, 3);
     let dir = tempfile::tempdir().unwrap();
-    let (http, admin) = (free_port(), free_port());
     let config = dir.path().join("beacond.toml");
     std::fs::write(
         &config,
         format!(
             r#"
 [http]
-listen = "127.0.0.1:{http}"
+listen = "127.0.0.1:0"
 routes = ["/beacon/event", "/event.gif"]
 max_query_bytes = 8192
 [admin]
-listen = "127.0.0.1:{admin}"
+listen = "127.0.0.1:0"
 [client_ip]
 trusted_proxies = ["127.0.0.1/32", "::1/128"]
 header = "x-forwarded-for"
@@ -235,7 +262,8 @@ dir = "{spool}"
     )
     .unwrap();
     let mut collector = Collector::start(beacond, &config, dir.path().join("beacond.log"));
-    collector.wait_ready(admin);
+    collector.wait_ready();
+    let http = collector.http;
 
     let report = dir.path().join("report.json");
     let plot = dir.path().join("report.svg");
@@ -341,7 +369,6 @@ fn run_events(brokers: &str, beacond: &Path, extra: &[&str]) {
         .parent()
         .expect("workspace root");
     let dir = tempfile::tempdir().unwrap();
-    let (http, admin) = (free_port(), free_port());
     let config = dir.path().join("beacond.toml");
     // Beacons still need a topic of their own.
     let beacon_topic = format!(
@@ -355,10 +382,10 @@ fn run_events(brokers: &str, beacond: &Path, extra: &[&str]) {
         format!(
             r#"
 [http]
-listen = "127.0.0.1:{http}"
+listen = "127.0.0.1:0"
 routes = ["/beacon/event"]
 [admin]
-listen = "127.0.0.1:{admin}"
+listen = "127.0.0.1:0"
 [client_ip]
 trusted_proxies = ["127.0.0.1/32", "::1/128"]
 header = "x-forwarded-for"
@@ -388,7 +415,8 @@ schema_repositories = ["{primary}", "{secondary}"]
     )
     .unwrap();
     let mut collector = Collector::start(beacond, &config, dir.path().join("beacond.log"));
-    collector.wait_ready(admin);
+    collector.wait_ready();
+    let http = collector.http;
 
     let report = dir.path().join("report.json");
     let mut lt = Command::new(env!("CARGO_BIN_EXE_loadtest"))

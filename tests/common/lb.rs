@@ -415,3 +415,17 @@ pub async fn wait_log(p: &Proc, needle: &str, timeout: Duration) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A loopback port free at the time of asking, for the programs that cannot
+/// bind port 0 and report it (haproxy's frontends and tansu's listeners), and
+/// for a beacond that must come back on the ports a balancer's config names.
+/// Racy by nature (another process may take it first); beacond alone is
+/// started on port 0 with `--ready-file` wherever nothing needs the port in
+/// advance.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}

@@ -373,15 +373,6 @@ pub fn consume(
     out
 }
 
-/// A loopback port free at the time of asking (for a child process to bind).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
-
 /// Polls `GET path` on `addr` until it answers 200 (any answer when
 /// `any_status`), failing the test after 20 s.
 pub async fn wait_http(addr: SocketAddr, path: &str, any_status: bool) {
@@ -467,8 +458,19 @@ pub async fn post(
     raw_request(addr, &raw).await.expect("request answered")
 }
 
+/// The addresses a `beacond --ready-file FILE` wrote, once the file exists.
+pub fn read_ready_file(path: &std::path::Path) -> Option<(SocketAddr, SocketAddr)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let addr = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((addr("beacon=")?, addr("admin=")?))
+}
+
 /// A `beacond` binary run as a child process, its stderr in a file the test
-/// reads while it runs.
+/// reads while it runs. Killed (SIGKILL) when dropped still running.
 pub struct ChildBeacond {
     child: std::process::Child,
     log: std::path::PathBuf,
@@ -477,29 +479,64 @@ pub struct ChildBeacond {
 }
 
 impl ChildBeacond {
-    /// Starts `beacond --config config`, listening on `ports` (beacon,
-    /// admin) as the config says; stderr goes to `dir/log_name`.
-    pub fn start(
+    /// Starts `beacond --config config --ready-file ...` (the config should
+    /// listen on port 0) and waits for it to bind; its addresses come from
+    /// the ready file. stderr goes to `dir/log_name`.
+    pub fn start(dir: &std::path::Path, config: &std::path::Path, log_name: &str) -> ChildBeacond {
+        Self::start_with(dir, config, log_name, |_| {})
+    }
+
+    /// [`ChildBeacond::start`], with `adjust` applied to the command first.
+    pub fn start_with(
         dir: &std::path::Path,
         config: &std::path::Path,
-        ports: (u16, u16),
         log_name: &str,
+        adjust: impl FnOnce(&mut std::process::Command),
     ) -> ChildBeacond {
         let log = dir.join(log_name);
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_beacond"))
+        let ready = dir.join(format!("{log_name}.ready"));
+        let _ = std::fs::remove_file(&ready);
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_beacond"));
+        command
             .arg("--config")
             .arg(config)
+            .arg("--ready-file")
+            .arg(&ready)
             .env("BEACOND_LOG", "info")
             .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("beacond starts");
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        adjust(&mut command);
+        let mut child = command.spawn().expect("beacond starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (beacon, admin) = loop {
+            if let Some(addrs) = read_ready_file(&ready) {
+                break addrs;
+            }
+            if let Some(status) = child.try_wait().expect("wait") {
+                panic!(
+                    "beacond exited ({status}) before binding; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "beacond did not bind within 30 s; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         ChildBeacond {
             child,
             log,
-            beacon: SocketAddr::from(([127, 0, 0, 1], ports.0)),
-            admin: SocketAddr::from(([127, 0, 0, 1], ports.1)),
+            beacon,
+            admin,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `kill <sig>` (e.g. `-HUP`).
@@ -536,20 +573,41 @@ impl ChildBeacond {
         }
     }
 
+    /// The exit status, once the process ends within `within`; `None` if it
+    /// is still running then.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, and the end of the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then the exit code within 30 s, and the log.
     pub fn stop(mut self) -> (Option<i32>, String) {
         self.signal("-TERM");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let exit = loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("no exit within 30 s of SIGTERM; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        (exit.code(), self.log())
+        match self.wait_exit(Duration::from_secs(30)) {
+            Some(exit) => (exit.code(), self.log()),
+            None => panic!("no exit within 30 s of SIGTERM; log:\n{}", self.log()),
+        }
+    }
+}
+
+impl Drop for ChildBeacond {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
     }
 }
