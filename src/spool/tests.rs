@@ -56,16 +56,20 @@ impl FakeKafka {
     }
     /// Waits until at least `n` records were dispatched in total.
     fn wait_for(&self, n: usize) -> Vec<Sent> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.sent.lock().unwrap().len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {n} dispatched",
-                self.sent.lock().unwrap().len()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until(&format!("{n} records dispatched"), || {
+            self.sent.lock().unwrap().len() >= n
+        });
         self.take()
+    }
+}
+
+/// Polls `done` until it holds, failing the test after a generous deadline
+/// (no sleep-then-assert: a loaded machine only makes this slower).
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "not within 10 s: {what}");
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -141,11 +145,7 @@ fn appended_records_are_dispatched_in_order_and_deleted_once_acked() {
     assert_eq!(sent[1].2, None);
     // All handed to Kafka: new lines need not queue behind them any more,
     // though none is acknowledged yet.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while h.is_pending() {
-        assert!(Instant::now() < deadline, "still pending after dispatch");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until("not pending once all are dispatched", || !h.is_pending());
     assert_eq!(metrics.spool.records.get(), 100);
     for (at, _, _) in &sent {
         h.acked(*at);
@@ -183,7 +183,7 @@ fn a_restart_replays_what_was_not_acknowledged() {
     for (at, _, _) in &sent[..20] {
         h.acked(*at);
     }
-    std::thread::sleep(Duration::from_millis(50));
+    // The acks are queued before the shutdown command, which takes them all.
     spool.shutdown();
     assert_eq!(metrics.spool.replayed.get(), 50);
 
@@ -212,11 +212,12 @@ fn segments_rotate_and_each_is_deleted_when_acked() {
     for i in 0..200 {
         append(&h, i).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(50));
     let segs = files(&d);
     assert!(segs.len() > 3, "rotated into several segments: {segs:?}");
-    assert_eq!(metrics.spool.segments.get() as usize, segs.len());
-    assert_eq!(metrics.spool.records.get(), 200);
+    // The gauges are published after the replies, in the same turn.
+    wait_until("gauges published", || {
+        metrics.spool.segments.get() as usize == segs.len() && metrics.spool.records.get() == 200
+    });
     kafka.open.store(true, Ordering::Relaxed);
     let sent = kafka.wait_for(200);
     // Ack the first segment's records only: it goes, the rest stay.
@@ -224,13 +225,14 @@ fn segments_rotate_and_each_is_deleted_when_acked() {
     for (at, _, _) in sent.iter().filter(|s| s.0.segment == first) {
         h.acked(*at);
     }
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(files(&d).len(), segs.len() - 1);
+    wait_until("the first segment deleted", || {
+        files(&d).len() == segs.len() - 1
+    });
+    assert!(!files(&d).contains(&segment_file_name(first)));
     for (at, _, _) in sent.iter().filter(|s| s.0.segment != first) {
         h.acked(*at);
     }
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(!h.is_pending());
+    wait_until("nothing pending", || !h.is_pending());
     spool.shutdown();
     assert!(files(&d).is_empty());
     let _ = std::fs::remove_dir_all(&d);
@@ -275,9 +277,10 @@ fn retriable_failures_are_resent_and_permanent_ones_dropped() {
     assert_eq!(again[0].0, sent[0].0);
     assert_eq!(again[0].1, line(1));
     h.acked(again[0].0);
-    std::thread::sleep(Duration::from_millis(50));
-    assert!(!h.is_pending());
-    assert_eq!(metrics.spool.dropped_permanent.get(), 1);
+    wait_until("nothing pending", || !h.is_pending());
+    wait_until("the permanent failure counted", || {
+        metrics.spool.dropped_permanent.get() == 1
+    });
     spool.shutdown();
     let _ = std::fs::remove_dir_all(&d);
 }
@@ -319,7 +322,8 @@ fn corrupt_and_truncated_segments_replay_up_to_the_damage() {
     let (spool, h, metrics) = open(s, &kafka);
     assert_eq!(metrics.spool.corrupt_segments.get(), 3);
     assert!(metrics.spool.corrupt_bytes.get() > 0);
-    std::thread::sleep(Duration::from_millis(200));
+    // Everything readable handed over: no longer pending.
+    wait_until("the readable records dispatched", || !h.is_pending());
     let sent = kafka.take();
     let got: Vec<Vec<u8>> = sent.iter().map(|s| s.1.clone()).collect();
     // Every replayed record is intact and in order; only damaged ones are missing.
@@ -516,11 +520,7 @@ fn segment_ids_wrap_at_the_tag_limit_only_once_the_spool_is_empty() {
     assert_eq!(sent[0].0.segment, MAX_SEGMENT_ID);
     h.acked(sent[0].0);
     // Once it is deleted, ids start again at 1.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !files(&d).is_empty() {
-        assert!(Instant::now() < deadline, "{:?}", files(&d));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the last segment deleted", || files(&d).is_empty());
     append(&h, 2).unwrap();
     assert_eq!(files(&d), vec![segment_file_name(1)]);
     let sent = kafka.wait_for(1);
