@@ -17,6 +17,7 @@
 //! await the reply), delete a record before Kafka acknowledged it, or grow
 //! past `spool.max_bytes` (an append that does not fit is refused: 503).
 
+pub mod fileops;
 pub mod segment;
 
 use std::collections::VecDeque;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::metrics::SpoolMetrics;
+use fileops::{FileOps, OsFiles};
 use segment::{
     parse_segment_file_name, scan_segment, segment_file_name, RecordError, SegmentReader,
     SegmentWriter, SpoolRecord, SEGMENT_HEADER_LEN,
@@ -152,6 +154,9 @@ const LEDGER_INTERVAL: Duration = Duration::from_millis(500);
 /// A drained active segment is deleted once it is this large or old.
 const DRAINED_SEGMENT_BYTES: u64 = 1 << 20;
 const DRAINED_SEGMENT_AGE: Duration = Duration::from_secs(5);
+/// While the spool cannot write, a write is tried this often even without
+/// appends (readiness is false meanwhile, so there may be no traffic).
+const WRITE_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
 struct Shared {
     /// Records on disk not yet handed to Kafka (or awaiting a resend).
@@ -160,6 +165,9 @@ struct Shared {
     queued: AtomicUsize,
     /// The last append was refused for space; cleared below 90% of the cap.
     full: AtomicBool,
+    /// False after a failed segment create, write or fsync (a full disk, an
+    /// I/O error), until a write succeeds again.
+    writable: AtomicBool,
 }
 
 /// The request path's and the producer's handle on the spool.
@@ -193,6 +201,13 @@ impl SpoolHandle {
     /// True when the spool refused an append for lack of space lately.
     pub fn is_full(&self) -> bool {
         self.shared.full.load(Ordering::Relaxed)
+    }
+
+    /// False while the spool cannot write (its last segment create, write or
+    /// fsync failed: a full disk, an I/O error); the worker tries again every
+    /// half second, traffic or not, and it turns true once a write succeeds.
+    pub fn is_writable(&self) -> bool {
+        self.shared.writable.load(Ordering::Relaxed)
     }
 
     /// Appends a line from the request path; never blocks. Await the reply
@@ -263,6 +278,16 @@ impl Spool {
     /// Opens (creating if needed) and scans the spool directory. Records left
     /// by a previous run are replayed once the worker starts.
     pub fn open(settings: SpoolSettings, metrics: SpoolMetrics) -> Result<Spool, SpoolOpenError> {
+        Self::open_with_files(settings, metrics, Arc::new(OsFiles))
+    }
+
+    /// [`Spool::open`] with the worker's segment I/O going through `files`
+    /// (tests inject failures there).
+    pub fn open_with_files(
+        settings: SpoolSettings,
+        metrics: SpoolMetrics,
+        files: Arc<dyn FileOps>,
+    ) -> Result<Spool, SpoolOpenError> {
         let dir = settings.dir.clone();
         let dir_err = |source| SpoolOpenError::Dir {
             dir: dir.clone(),
@@ -352,6 +377,7 @@ impl Spool {
             pending: AtomicBool::new(recovered > 0),
             queued: AtomicUsize::new(0),
             full: AtomicBool::new(false),
+            writable: AtomicBool::new(true),
         });
         // Never reuse an id the ledger still names.
         let next_id = ids
@@ -365,6 +391,7 @@ impl Spool {
             shared: shared.clone(),
             metrics,
             segments,
+            files,
             writer: None,
             next_id,
             total_bytes,
@@ -374,6 +401,7 @@ impl Spool {
             last_ledger: Instant::now(),
             backoff: Duration::ZERO,
             backoff_until: Instant::now(),
+            last_write_try: Instant::now(),
             dispatch_stopped: false,
             body: Vec::new(),
         };
@@ -461,6 +489,8 @@ struct Worker {
     metrics: SpoolMetrics,
     /// Oldest first; the active segment (if any) is last and not sealed.
     segments: VecDeque<SegmentState>,
+    /// Segment file I/O (the OS, or a test's failing stand-in).
+    files: Arc<dyn FileOps>,
     writer: Option<SegmentWriter>,
     next_id: u64,
     total_bytes: u64,
@@ -470,6 +500,8 @@ struct Worker {
     last_ledger: Instant,
     backoff: Duration,
     backoff_until: Instant,
+    /// When a write was last tried (for the retry while unwritable).
+    last_write_try: Instant,
     dispatch_stopped: bool,
     body: Vec<u8>,
 }
@@ -526,7 +558,10 @@ impl Worker {
             if self.dirty
                 && (shutdown.is_some() || self.last_sync.elapsed() >= self.settings.fsync_interval)
             {
-                let _ = self.sync();
+                self.sync_or_seal();
+            }
+            if !self.is_writable() && self.last_write_try.elapsed() >= WRITE_RETRY_INTERVAL {
+                self.try_write();
             }
             if self.ledger_dirty && self.last_ledger.elapsed() >= LEDGER_INTERVAL {
                 self.write_ledger();
@@ -537,14 +572,61 @@ impl Worker {
             self.collect_garbage(shutdown.is_some());
             self.publish();
             if let Some(done) = shutdown.take() {
-                let _ = self.sync();
+                self.sync_or_seal();
                 self.write_ledger();
                 let _ = done.send(());
                 return;
             }
         }
-        let _ = self.sync();
+        self.sync_or_seal();
         self.write_ledger();
+    }
+
+    fn is_writable(&self) -> bool {
+        self.shared.writable.load(Ordering::Relaxed)
+    }
+
+    /// A segment create, write or fsync failed: counted, and the spool is
+    /// unwritable (readiness false) until a write succeeds. Logged at ERROR
+    /// when it stops writing, then quietly while it stays so.
+    fn io_failed(&mut self, what: &'static str, error: &dyn std::fmt::Display) {
+        self.metrics.io_errors.inc();
+        if self.shared.writable.swap(false, Ordering::Relaxed) {
+            self.metrics.writable.set(0);
+            tracing::error!(%error, "spool {what} failed: appends refused (503), not ready, until a write succeeds (tried every {WRITE_RETRY_INTERVAL:?})");
+        } else {
+            tracing::debug!(%error, "spool {what} failed again");
+        }
+    }
+
+    /// A write (and its fsync, when answering waits for it) succeeded.
+    fn wrote(&mut self) {
+        if !self.shared.writable.swap(true, Ordering::Relaxed) {
+            self.metrics.writable.set(1);
+            tracing::info!("spool writes again");
+        }
+    }
+
+    /// While unwritable and without appends to try with: opens a segment
+    /// (its header is a real write) and fsyncs it, so that readiness comes
+    /// back once there is room again (replay deleted segments, an operator
+    /// freed space), without waiting for traffic a 503 keeps away.
+    fn try_write(&mut self) {
+        self.last_write_try = Instant::now();
+        let result = self.open_segment().and_then(|()| self.sync());
+        match result {
+            Ok(()) => self.wrote(),
+            Err(_) => self.seal_active(),
+        }
+    }
+
+    /// fsyncs the active segment; after a failure its tail cannot be
+    /// trusted for appends (the page cache may have dropped them), so it is
+    /// sealed (what it holds is still replayed) and the spool is unwritable.
+    fn sync_or_seal(&mut self) {
+        if self.sync().is_err() {
+            self.seal_active();
+        }
     }
 
     /// Adds an encoded record to the batch being written, or refuses it.
@@ -609,7 +691,9 @@ impl Worker {
                 result = Err(e);
             }
         }
-        if result.is_err() {
+        if result.is_ok() {
+            self.wrote();
+        } else {
             // Lines already answered 204 (their delivery failed) that could
             // not be written: lost, and counted as such.
             let unanswered = (*count).saturating_sub(replies.len() as u64);
@@ -626,9 +710,11 @@ impl Worker {
         }
         batch.clear();
         *count = 0;
+        self.last_write_try = Instant::now();
     }
 
-    fn write(&mut self, batch: &[u8], count: u64) -> Result<(), SpoolError> {
+    /// Opens a new active segment unless there is one.
+    fn open_segment(&mut self) -> Result<(), SpoolError> {
         if self.writer.is_none() {
             if self.next_id > MAX_SEGMENT_ID {
                 if !self.segments.is_empty() {
@@ -644,15 +730,24 @@ impl Worker {
                 self.write_ledger();
             }
             let id = self.next_id;
-            let w = SegmentWriter::create(&self.settings.dir, id).map_err(|e| {
-                tracing::error!(error = %e, "cannot create a spool segment");
-                SpoolError::Io(e.to_string())
-            })?;
+            let path = self.settings.dir.join(segment_file_name(id));
+            let w = match SegmentWriter::create_with(self.files.clone(), &self.settings.dir, id) {
+                Ok(w) => w,
+                Err(e) => {
+                    // A file left behind (its removal failed too) must not
+                    // block every later try: that id is burnt.
+                    if path.exists() {
+                        self.next_id += 1;
+                    }
+                    self.io_failed("segment create", &e);
+                    return Err(SpoolError::Io(e.to_string()));
+                }
+            };
             self.next_id += 1;
             self.total_bytes += w.len();
             self.segments.push_back(SegmentState {
                 id,
-                path: self.settings.dir.join(segment_file_name(id)),
+                path,
                 reader: None,
                 len: w.len(),
                 file_len: w.len(),
@@ -667,13 +762,19 @@ impl Worker {
             });
             self.writer = Some(w);
         }
+        Ok(())
+    }
+
+    fn write(&mut self, batch: &[u8], count: u64) -> Result<(), SpoolError> {
+        self.open_segment()?;
         let Some(writer) = self.writer.as_mut() else {
             return Err(SpoolError::Closed);
         };
         if let Err(e) = writer.append(batch) {
-            tracing::error!(error = %e, "spool write failed");
-            // The segment's tail is now uncertain: seal it where it was.
+            // Cut back to where it was (or, if that failed too, uncertain):
+            // sealed there either way, and the next write opens a new one.
             self.seal_active();
+            self.io_failed("write", &e);
             return Err(SpoolError::Io(e.to_string()));
         }
         let new_len = writer.len();
@@ -706,11 +807,10 @@ impl Worker {
     fn sync(&mut self) -> Result<(), SpoolError> {
         self.dirty = false;
         self.last_sync = Instant::now();
-        if let Some(w) = &self.writer {
-            if let Err(e) = w.sync() {
-                tracing::error!(error = %e, "spool fsync failed");
-                return Err(SpoolError::Io(e.to_string()));
-            }
+        let result = self.writer.as_ref().map_or(Ok(()), SegmentWriter::sync);
+        if let Err(e) = result {
+            self.io_failed("fsync", &e);
+            return Err(SpoolError::Io(e.to_string()));
         }
         Ok(())
     }
@@ -862,7 +962,7 @@ impl Worker {
                 self.writer = None;
             }
             if let Some(s) = self.segments.remove(i) {
-                if let Err(e) = std::fs::remove_file(&s.path) {
+                if let Err(e) = self.files.remove_file(&s.path) {
                     tracing::warn!(error = %e, segment = %s.path.display(), "cannot delete spool segment");
                 }
                 self.total_bytes = self.total_bytes.saturating_sub(s.file_len);

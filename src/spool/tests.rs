@@ -565,3 +565,226 @@ fn recovered_records_are_in_the_metrics_as_soon_as_the_spool_opens() {
     spool.shutdown();
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// The spool's file I/O with faults on demand: after a number of writes
+/// (or fsyncs) succeed, each further one fails (`ENOSPC`, `EIO`) until
+/// healed; a failing write can first write part of its bytes, as a disk
+/// filling up mid-write does.
+#[derive(Debug, Default)]
+struct FaultyFiles {
+    /// Writes still allowed to succeed; `None`: all do.
+    writes_left: Mutex<Option<u64>>,
+    /// Fsyncs still allowed to succeed; `None`: all do.
+    syncs_left: Mutex<Option<u64>>,
+    /// A failing write first writes this many bytes of its buffer.
+    partial: std::sync::atomic::AtomicUsize,
+    failed_writes: std::sync::atomic::AtomicU64,
+}
+
+impl FaultyFiles {
+    fn new() -> Arc<FaultyFiles> {
+        Arc::new(FaultyFiles::default())
+    }
+    /// After `n` more successful writes, writes fail with ENOSPC.
+    fn fail_writes_after(&self, n: u64) {
+        *self.writes_left.lock().unwrap() = Some(n);
+    }
+    /// After `n` more successful fsyncs, fsyncs fail with EIO.
+    fn fail_syncs_after(&self, n: u64) {
+        *self.syncs_left.lock().unwrap() = Some(n);
+    }
+    /// Room on the disk again: everything succeeds.
+    fn heal(&self) {
+        *self.writes_left.lock().unwrap() = None;
+        *self.syncs_left.lock().unwrap() = None;
+    }
+    /// Takes one from a budget; false when it is spent (the call fails).
+    fn allow(budget: &Mutex<Option<u64>>) -> bool {
+        match &mut *budget.lock().unwrap() {
+            None => true,
+            Some(0) => false,
+            Some(n) => {
+                *n -= 1;
+                true
+            }
+        }
+    }
+}
+
+impl fileops::FileOps for FaultyFiles {
+    fn create_new(&self, path: &Path) -> std::io::Result<File> {
+        OsFiles.create_new(path)
+    }
+    fn write_all(&self, file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
+        if Self::allow(&self.writes_left) {
+            return OsFiles.write_all(file, bytes);
+        }
+        self.failed_writes.fetch_add(1, Ordering::Relaxed);
+        let partial = self.partial.load(Ordering::Relaxed).min(bytes.len());
+        OsFiles.write_all(file, &bytes[..partial])?;
+        Err(std::io::Error::from_raw_os_error(28)) // ENOSPC
+    }
+    fn sync_data(&self, file: &File) -> std::io::Result<()> {
+        if Self::allow(&self.syncs_left) {
+            return OsFiles.sync_data(file);
+        }
+        Err(std::io::Error::from_raw_os_error(5)) // EIO
+    }
+    fn set_len(&self, file: &File, len: u64) -> std::io::Result<()> {
+        OsFiles.set_len(file, len)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        OsFiles.remove_file(path)
+    }
+}
+
+fn open_faulty(
+    s: SpoolSettings,
+    kafka: &Arc<FakeKafka>,
+    io: &Arc<FaultyFiles>,
+) -> (Spool, SpoolHandle, Metrics) {
+    let metrics = Metrics::new();
+    let mut spool = Spool::open_with_files(s, metrics.spool.clone(), io.clone()).unwrap();
+    spool.start(kafka.clone()).unwrap();
+    let h = spool.handle();
+    (spool, h, metrics)
+}
+
+/// Fault 1 of issue 12: the header of a new segment could not be written
+/// (full disk); the file must not stay behind, or every later create of the
+/// same id fails ("File exists") until a restart.
+#[test]
+fn a_segment_whose_header_write_failed_leaves_nothing_behind_and_the_next_write_works() {
+    let d = dir("header-enospc");
+    let kafka = FakeKafka::new(false);
+    let io = FaultyFiles::new();
+    io.fail_writes_after(0);
+    let (spool, h, metrics) = open_faulty(settings(&d), &kafka, &io);
+    assert!(h.is_writable());
+    assert!(matches!(append(&h, 0), Err(SpoolError::Io(_))));
+    assert!(!h.is_writable(), "unwritable after a failed write");
+    assert_eq!(metrics.spool.writable.get(), 0);
+    assert!(metrics.spool.io_errors.get() >= 1);
+    let left = files(&d);
+    assert_eq!(metrics.spool.appended.get(), 0);
+    // Room again: the very next append is written, no restart needed.
+    io.heal();
+    append(&h, 1).expect("written once there is room (no restart)");
+    assert!(left.is_empty(), "no headerless segment left: {left:?}");
+    assert_eq!(files(&d).len(), 1);
+    assert!(h.is_writable());
+    assert_eq!(metrics.spool.writable.get(), 1);
+    kafka.open.store(true, Ordering::Relaxed);
+    let sent = kafka.wait_for(1);
+    assert_eq!(sent[0].1, line(1));
+    h.acked(sent[0].0);
+    spool.shutdown();
+    assert_eq!(metrics.spool.dropped_io.get(), 0);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// While it cannot write, readiness is false, so traffic may stop: the
+/// spool must find out by itself that the disk has room again.
+#[test]
+fn an_unwritable_spool_becomes_writable_again_without_traffic() {
+    let d = dir("retry-without-traffic");
+    let kafka = FakeKafka::new(false);
+    let io = FaultyFiles::new();
+    let (spool, h, metrics) = open_faulty(settings(&d), &kafka, &io);
+    append(&h, 0).unwrap();
+    // Fills up: the active segment's next write fails part way.
+    io.partial.store(7, Ordering::Relaxed);
+    io.fail_writes_after(0);
+    assert!(matches!(append(&h, 1), Err(SpoolError::Io(_))));
+    assert!(!h.is_writable());
+    // Retried while unwritable, and failing: it stays so.
+    let failed = io.failed_writes.load(Ordering::Relaxed);
+    wait_until("a write retried without traffic", || {
+        io.failed_writes.load(Ordering::Relaxed) > failed
+    });
+    assert!(!h.is_writable());
+    io.heal();
+    wait_until("writable again with no append", || h.is_writable());
+    assert_eq!(metrics.spool.writable.get(), 1);
+    append(&h, 2).unwrap();
+    spool.shutdown();
+    // The torn write was cut back: a restart finds no damage, and replays
+    // exactly what was answered Ok.
+    let kafka = FakeKafka::new(true);
+    let (spool, h, metrics) = open(settings(&d), &kafka);
+    assert_eq!(
+        metrics.spool.corrupt_segments.get(),
+        0,
+        "no torn record left"
+    );
+    let sent = kafka.wait_for(2);
+    assert_eq!(
+        sent.iter().map(|s| s.1.clone()).collect::<Vec<_>>(),
+        vec![line(0), line(2)]
+    );
+    for (at, _, _) in &sent {
+        h.acked(*at);
+    }
+    spool.shutdown();
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// `fsync_interval_ms = 0`: a failed fsync refuses the appends it was for
+/// (503), seals the segment, and the next append goes to a fresh one.
+#[test]
+fn a_failed_fsync_refuses_the_append_and_the_spool_recovers() {
+    let d = dir("fsync-eio");
+    let kafka = FakeKafka::new(false);
+    let io = FaultyFiles::new();
+    let mut s = settings(&d);
+    s.fsync_interval = Duration::ZERO;
+    let (spool, h, metrics) = open_faulty(s, &kafka, &io);
+    append(&h, 0).unwrap();
+    io.fail_syncs_after(0);
+    assert!(matches!(append(&h, 1), Err(SpoolError::Io(_))));
+    assert!(!h.is_writable());
+    assert!(metrics.spool.io_errors.get() >= 1);
+    io.heal();
+    append(&h, 2).unwrap();
+    assert!(h.is_writable());
+    assert_eq!(files(&d).len(), 2, "a fresh segment after the failed fsync");
+    kafka.open.store(true, Ordering::Relaxed);
+    // The refused line may be sent too (at-least-once; its client got a
+    // 503 and may retry), but every line answered Ok is.
+    let sent = kafka.wait_for(2);
+    let lines: Vec<Vec<u8>> = sent.iter().map(|s| s.1.clone()).collect();
+    assert!(
+        lines.contains(&line(0)) && lines.contains(&line(2)),
+        "{lines:?}"
+    );
+    spool.shutdown();
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// An undelivered line (already answered 204) that cannot be written while
+/// the disk is full is the one loss policy allows: counted, never silent.
+#[test]
+fn undelivered_lines_a_full_disk_cannot_take_are_counted_as_io_error_drops() {
+    let d = dir("undelivered-enospc");
+    let kafka = FakeKafka::new(false);
+    let io = FaultyFiles::new();
+    io.fail_writes_after(0);
+    let (spool, h, metrics) = open_faulty(settings(&d), &kafka, &io);
+    let l = line(0);
+    let rec = SpoolRecord {
+        appended_unix_ms: now_unix_ms(),
+        destination: segment::Destination::Beacons,
+        key: None,
+        payload: &l,
+    };
+    h.append_undelivered(&rec).unwrap();
+    wait_until("the drop counted", || metrics.spool.dropped_io.get() == 1);
+    // Once there is room, undelivered lines are kept again.
+    io.heal();
+    wait_until("writable again", || h.is_writable());
+    h.append_undelivered(&rec).unwrap();
+    wait_until("the line appended", || metrics.spool.appended.get() == 1);
+    assert_eq!(metrics.spool.dropped_io.get(), 1);
+    spool.shutdown();
+    let _ = std::fs::remove_dir_all(&d);
+}
