@@ -122,6 +122,10 @@ pub trait Dispatch: Send + Sync + 'static {
     /// True while sending makes sense: the broker answers and the producer
     /// has room for spooled records next to live traffic.
     fn can_dispatch(&self) -> bool;
+    /// True while the broker answers (the probe's view), whatever the
+    /// producer's queue: when it turns true again, an outage is over and
+    /// replay resumes at once, whatever backoff the outage built up.
+    fn broker_answers(&self) -> bool;
     /// Hands a record over; its acknowledgement comes back through
     /// [`SpoolHandle::acked`] or [`SpoolHandle::failed`] with `at`.
     fn dispatch(&self, record: &SpoolRecord<'_>, at: RecordLocation) -> Result<(), DispatchError>;
@@ -399,8 +403,9 @@ impl Spool {
             last_sync: Instant::now(),
             ledger_dirty: false,
             last_ledger: Instant::now(),
-            backoff: Duration::ZERO,
-            backoff_until: Instant::now(),
+            backoff: Backoff::default(),
+            round: 0,
+            broker_answered: true,
             last_write_try: Instant::now(),
             dispatch_stopped: false,
             body: Vec::new(),
@@ -467,13 +472,65 @@ struct SegmentState {
     next_dispatch: u64,
     /// Everything before this offset is acknowledged (what the ledger keeps).
     acked_prefix: u64,
-    /// Records handed to Kafka, in offset order: (offset, end, acked).
-    inflight: VecDeque<(u64, u64, bool)>,
+    /// Records handed to Kafka, in offset order.
+    inflight: VecDeque<InFlight>,
     /// Offsets of in-flight records whose delivery failed; sent again.
     retry: VecDeque<u64>,
     unacked_records: u64,
     first_record_ms: Option<u64>,
     created: Instant,
+}
+
+/// A record handed to Kafka and not yet acknowledged (or acknowledged out
+/// of order, waiting for those before it).
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    offset: u64,
+    end: u64,
+    acked: bool,
+    /// The dispatch round it was (last) sent in: failures of one round are
+    /// one failed attempt, for the backoff.
+    round: u64,
+}
+
+/// Replay's pause after failed deliveries, per outage rather than per
+/// record: everything sent before the pause was decided belongs to the same
+/// failed attempt, however many records fail; the pause grows only when
+/// records sent after it fail too, up to [`Backoff::MAX`], and ends as soon
+/// as a delivery succeeds or the broker answers again after not answering.
+#[derive(Debug, Default)]
+struct Backoff {
+    delay: Duration,
+    until: Option<Instant>,
+    /// The last round sent when the pause was decided.
+    decided_at_round: u64,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(2);
+
+    /// A record sent in `record_round` failed; `current_round` is the last
+    /// round sent.
+    fn on_failure(&mut self, record_round: u64, current_round: u64, now: Instant) {
+        if self.until.is_some() && record_round <= self.decided_at_round {
+            // Part of the attempt this pause is for.
+            return;
+        }
+        self.delay = (self.delay * 2).clamp(Self::MIN, Self::MAX);
+        self.until = Some(now + self.delay);
+        self.decided_at_round = current_round;
+    }
+
+    /// The broker took a record, or answers again: no pause.
+    fn reset(&mut self) {
+        self.delay = Duration::ZERO;
+        self.until = None;
+    }
+
+    fn pausing(&self, now: Instant) -> bool {
+        self.until.is_some_and(|until| now < until)
+    }
 }
 
 impl SegmentState {
@@ -498,8 +555,11 @@ struct Worker {
     last_sync: Instant,
     ledger_dirty: bool,
     last_ledger: Instant,
-    backoff: Duration,
-    backoff_until: Instant,
+    backoff: Backoff,
+    /// Dispatch rounds (worker turns that sent records), counted.
+    round: u64,
+    /// What [`Dispatch::broker_answers`] said last turn.
+    broker_answered: bool,
     /// When a write was last tried (for the retry while unwritable).
     last_write_try: Instant,
     dispatch_stopped: bool,
@@ -817,9 +877,17 @@ impl Worker {
 
     /// Hands records to Kafka: retries first, then in order, oldest segment first.
     fn dispatch(&mut self, dispatch: &dyn Dispatch) {
-        if Instant::now() < self.backoff_until || !dispatch.can_dispatch() {
+        let answers = dispatch.broker_answers();
+        if answers && !self.broker_answered {
+            // An outage is over: whatever it built up, replay resumes now.
+            self.backoff.reset();
+        }
+        self.broker_answered = answers;
+        if self.backoff.pausing(Instant::now()) || !dispatch.can_dispatch() {
             return;
         }
+        self.round += 1;
+        let round = self.round;
         let mut budget = DISPATCH_BATCH;
         let mut body = std::mem::take(&mut self.body);
         let active = self.writer.as_ref().map(|w| w.id());
@@ -886,7 +954,12 @@ impl Worker {
                             mark_acked(state, offset);
                         } else {
                             // Done with, as if acknowledged.
-                            state.inflight.push_back((offset, span.end, false));
+                            state.inflight.push_back(InFlight {
+                                offset,
+                                end: span.end,
+                                acked: false,
+                                round,
+                            });
                             state.next_dispatch = span.end;
                             mark_acked(state, offset);
                         }
@@ -897,8 +970,16 @@ impl Worker {
                 self.metrics.replayed.inc();
                 if is_retry {
                     state.retry.pop_front();
+                    if let Some(r) = in_flight(state, offset) {
+                        r.round = round;
+                    }
                 } else {
-                    state.inflight.push_back((offset, span.end, false));
+                    state.inflight.push_back(InFlight {
+                        offset,
+                        end: span.end,
+                        acked: false,
+                        round,
+                    });
                     state.next_dispatch = span.end;
                 }
             }
@@ -918,7 +999,7 @@ impl Worker {
     }
 
     fn on_acked(&mut self, at: RecordLocation) {
-        self.backoff = Duration::ZERO;
+        self.backoff.reset();
         if let Some(state) = self.find(at.segment) {
             if mark_acked(state, at.offset) {
                 self.ledger_dirty = true;
@@ -933,12 +1014,16 @@ impl Worker {
             self.on_acked(at);
             return;
         }
+        let current = self.round;
+        let mut sent_in = current;
         if let Some(state) = self.find(at.segment) {
+            if let Some(r) = in_flight(state, at.offset) {
+                sent_in = r.round;
+            }
             state.retry.push_back(at.offset);
         }
-        self.backoff =
-            (self.backoff * 2).clamp(Duration::from_millis(250), Duration::from_secs(30));
-        self.backoff_until = Instant::now() + self.backoff;
+        // Once per failed attempt, however many of its records fail.
+        self.backoff.on_failure(sent_in, current, Instant::now());
     }
 
     /// Deletes segments whose every record is acknowledged.
@@ -1020,19 +1105,31 @@ impl Worker {
     }
 }
 
+/// The in-flight entry of the record at `offset`.
+fn in_flight(state: &mut SegmentState, offset: u64) -> Option<&mut InFlight> {
+    let i = state
+        .inflight
+        .binary_search_by_key(&offset, |e| e.offset)
+        .ok()?;
+    state.inflight.get_mut(i)
+}
+
 /// Marks a record acknowledged; advances the segment's acked prefix.
 /// Returns true when the prefix moved.
 fn mark_acked(state: &mut SegmentState, offset: u64) -> bool {
-    let Ok(i) = state.inflight.binary_search_by_key(&offset, |e| e.0) else {
+    let Some(entry) = in_flight(state, offset) else {
         return false;
     };
-    if state.inflight[i].2 {
+    if entry.acked {
         return false;
     }
-    state.inflight[i].2 = true;
+    entry.acked = true;
     state.unacked_records = state.unacked_records.saturating_sub(1);
     let mut moved = false;
-    while let Some(&(_, end, true)) = state.inflight.front() {
+    while let Some(&InFlight {
+        end, acked: true, ..
+    }) = state.inflight.front()
+    {
         state.acked_prefix = end;
         state.inflight.pop_front();
         moved = true;

@@ -17,10 +17,16 @@ struct FakeKafka {
     sent: Mutex<Vec<Sent>>,
     /// The destination of each record sent, in the same order.
     to: Mutex<Vec<SentTo>>,
+    /// How often the spool asked whether the broker answers (once a turn).
+    asked: AtomicUsize,
 }
 
 impl Dispatch for FakeKafka {
     fn can_dispatch(&self) -> bool {
+        self.open.load(Ordering::Relaxed)
+    }
+    fn broker_answers(&self) -> bool {
+        self.asked.fetch_add(1, Ordering::Relaxed);
         self.open.load(Ordering::Relaxed)
     }
     fn dispatch(&self, record: &SpoolRecord<'_>, at: RecordLocation) -> Result<(), DispatchError> {
@@ -787,4 +793,103 @@ fn undelivered_lines_a_full_disk_cannot_take_are_counted_as_io_error_drops() {
     assert_eq!(metrics.spool.dropped_io.get(), 1);
     spool.shutdown();
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Fault 4 of issue 12: an outage fails hundreds of records at once; that
+/// is one failed attempt, so replay pauses once (250 ms), not 400 times
+/// over (which took the old shared backoff to its 30 s cap).
+#[test]
+fn many_records_failing_at_once_pause_replay_once_not_per_record() {
+    let d = dir("backoff-per-outage");
+    let kafka = FakeKafka::new(true);
+    let (spool, h, _) = open(settings(&d), &kafka);
+    for i in 0..400 {
+        append(&h, i).unwrap();
+    }
+    let sent = kafka.wait_for(400);
+    for (at, _, _) in &sent {
+        h.failed(*at, false);
+    }
+    // Sent again well within the poll's deadline (10 s).
+    let again = kafka.wait_for(400);
+    let mut offsets: Vec<RecordLocation> = again.iter().map(|s| s.0).collect();
+    offsets.sort_by_key(|a| (a.segment, a.offset));
+    let mut first: Vec<RecordLocation> = sent.iter().map(|s| s.0).collect();
+    first.sort_by_key(|a| (a.segment, a.offset));
+    assert_eq!(offsets, first);
+    for (at, _, _) in &again {
+        h.acked(*at);
+    }
+    spool.shutdown();
+    assert!(files(&d).is_empty());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// The broker answers again after an outage: replay resumes at once,
+/// whatever pause the outage built up.
+#[test]
+fn replay_resumes_as_soon_as_the_broker_answers_again() {
+    let d = dir("backoff-reset");
+    let kafka = FakeKafka::new(true);
+    let (spool, h, _) = open(settings(&d), &kafka);
+    append(&h, 0).unwrap();
+    let sent = kafka.wait_for(1);
+    // Each resend is a new attempt, so each failure of it grows the pause
+    // (250 ms, 500 ms, 1 s); the fourth makes it 2 s, the cap.
+    let mut at = sent[0].0;
+    for _ in 0..3 {
+        h.failed(at, false);
+        at = kafka.wait_for(1)[0].0;
+    }
+    let paused = Instant::now();
+    h.failed(at, false);
+    // The broker stops answering (the worker looks twice), then answers
+    // again: the outage is over, and so is its pause.
+    kafka.open.store(false, Ordering::Relaxed);
+    let asked = kafka.asked.load(Ordering::Relaxed);
+    wait_until("the worker saw the broker gone", || {
+        kafka.asked.load(Ordering::Relaxed) >= asked + 2
+    });
+    kafka.open.store(true, Ordering::Relaxed);
+    let again = kafka.wait_for(1);
+    let took = paused.elapsed();
+    assert_eq!(again[0].0, at);
+    h.acked(again[0].0);
+    spool.shutdown();
+    assert!(
+        took < Backoff::MAX,
+        "resent {took:?} after the failure: it waited out the pause"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn backoff_grows_once_per_failed_attempt_and_ends_with_the_outage() {
+    let t0 = Instant::now();
+    let mut b = Backoff::default();
+    assert!(!b.pausing(t0));
+    // Round 3 was the last sent; 400 of its records (and older) fail.
+    for r in [1, 2, 3].iter().cycle().take(400) {
+        b.on_failure(*r, 3, t0);
+    }
+    assert_eq!(b.delay, Backoff::MIN, "one attempt, one step");
+    assert!(b.pausing(t0));
+    assert!(!b.pausing(t0 + Backoff::MIN));
+    // Sent after the pause (round 4) and failed again: one more step.
+    for _ in 0..100 {
+        b.on_failure(4, 4, t0 + Backoff::MIN);
+    }
+    assert_eq!(b.delay, Backoff::MIN * 2);
+    // Capped short.
+    for round in 5..50 {
+        b.on_failure(round, round, t0);
+    }
+    assert_eq!(b.delay, Backoff::MAX);
+    assert!(Backoff::MAX <= Duration::from_secs(2));
+    // A delivery succeeded, or the broker answers again: no pause, and the
+    // next outage starts small.
+    b.reset();
+    assert!(!b.pausing(t0));
+    b.on_failure(60, 60, t0);
+    assert_eq!(b.delay, Backoff::MIN);
 }
