@@ -161,6 +161,11 @@ const DRAINED_SEGMENT_AGE: Duration = Duration::from_secs(5);
 /// While the spool cannot write, a write is tried this often even without
 /// appends (readiness is false meanwhile, so there may be no traffic).
 const WRITE_RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// That write (a file of its own, removed after) must find this much room,
+/// not just a page for a segment header: else readiness would come back
+/// with room for no batch.
+const WRITE_PROBE_BYTES: usize = 64 << 10;
+const WRITE_PROBE_FILE: &str = "write-probe";
 
 struct Shared {
     /// Records on disk not yet handed to Kafka (or awaiting a resend).
@@ -667,16 +672,25 @@ impl Worker {
         }
     }
 
-    /// While unwritable and without appends to try with: opens a segment
-    /// (its header is a real write) and fsyncs it, so that readiness comes
-    /// back once there is room again (replay deleted segments, an operator
-    /// freed space), without waiting for traffic a 503 keeps away.
+    /// While unwritable, traffic or not: writes, fsyncs and removes a probe
+    /// file of [`WRITE_PROBE_BYTES`], so that readiness comes back once
+    /// there is room again (replay deleted segments, an operator freed
+    /// space), without waiting for traffic a 503 keeps away. (Failed probes
+    /// are not counted as I/O errors; they are expected until then.)
     fn try_write(&mut self) {
         self.last_write_try = Instant::now();
-        let result = self.open_segment().and_then(|()| self.sync());
+        let path = self.settings.dir.join(WRITE_PROBE_FILE);
+        // One left by a crash mid-probe would fail the create.
+        let _ = self.files.remove_file(&path);
+        let files = self.files.clone();
+        let result = files.create_new(&path).and_then(|mut f| {
+            files.write_all(&mut f, &[0; WRITE_PROBE_BYTES])?;
+            files.sync_data(&f)
+        });
+        let _ = files.remove_file(&path);
         match result {
             Ok(()) => self.wrote(),
-            Err(_) => self.seal_active(),
+            Err(e) => tracing::debug!(error = %e, "spool still cannot write"),
         }
     }
 
