@@ -13,9 +13,15 @@
 //! the ledger (written every half second) are sent again: duplicates are
 //! bounded by what was in flight plus half a second of acknowledgements.
 //!
+//! A failed create, write or fsync (a full disk, an I/O error) makes the
+//! spool unwritable ([`SpoolHandle::is_writable`], `/readyz` 503) until a
+//! write succeeds; the worker tries one every half second, traffic or not.
+//! Its file I/O goes through [`fileops::FileOps`], so tests can fail it.
+//!
 //! Must never: do disk I/O on the request path (requests send a command and
-//! await the reply), delete a record before Kafka acknowledged it, or grow
-//! past `spool.max_bytes` (an append that does not fit is refused: 503).
+//! await the reply), delete a record before Kafka acknowledged it, grow
+//! past `spool.max_bytes` (an append that does not fit is refused: 503), or
+//! need a restart to write again.
 
 pub mod fileops;
 pub mod segment;
