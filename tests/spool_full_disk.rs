@@ -77,10 +77,18 @@ struct Tally {
     refused_in_a_row: AtomicU64,
 }
 
-/// Sends numbered beacons on a keep-alive connection until `stop`.
+impl Tally {
+    fn answered(&self) -> u64 {
+        self.ok.lock().unwrap().len() as u64 + self.other.lock().unwrap().values().sum::<u64>()
+    }
+}
+
+/// Sends numbered beacons on a keep-alive connection until `stop`, one
+/// every `pause` (plus the answer's time).
 async fn load(
     addr: std::net::SocketAddr,
     prefix: String,
+    pause: Duration,
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
 ) {
@@ -117,8 +125,7 @@ async fn load(
             }
             None => conn = None,
         }
-        // About 300 beacons a second, as in the issue.
-        tokio::time::sleep(Duration::from_millis(3)).await;
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -173,36 +180,56 @@ fn spool_files(dir: &Path) -> Vec<String> {
     v
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_is_503_not_ready_and_recovers_without_a_restart() {
-    let Some(tmpfs) = Tmpfs::mount("512k") else {
-        return;
-    };
+/// About 300 beacons a second, as in the issue.
+const FAST: Duration = Duration::from_millis(3);
+
+/// Starts beacond on a spool on `tmpfs`, with the given mode and producer
+/// properties, the broker (a mock cluster) up.
+async fn start(
+    tmpfs: &Tmpfs,
+    mode: SpoolMode,
+    properties: &[(&str, &str)],
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+    String,
+    Running,
+) {
     let mock = MockCluster::new(1).expect("mock cluster");
     let topic = unique_topic("full-disk");
     mock.create_topic(&topic, 1, 1).unwrap();
     let brokers = mock.bootstrap_servers();
     let mut config = test_config(&brokers, &topic);
-    config.spool.mode = SpoolMode::Always;
+    config.spool.mode = mode;
     config.spool.dir = tmpfs.dir.clone();
     // The cap is far above the disk: the disk fills first.
     config.spool.max_bytes = 64 << 20;
     config.spool.segment_bytes = 64 << 10;
     config.spool.fsync_interval_ms = 10;
-    config.kafka.properties.insert(
-        "message.timeout.ms".into(),
-        PropertyValue::Text("600000".into()),
-    );
+    for (k, v) in properties {
+        config
+            .kafka
+            .properties
+            .insert((*k).into(), PropertyValue::Text((*v).into()));
+    }
     let svc = Running::start(config).await;
     svc.wait_ready().await;
-    mock.broker_down(1).unwrap();
+    (mock, brokers, topic, svc)
+}
 
-    // Fill the disk: beacons are written (204) until it is full, then
-    // refused (503).
+/// Loads until the spool refuses 100 beacons in a row (the disk is full);
+/// returns what was answered.
+async fn fill_the_disk(svc: &Running, prefix: &str) -> Arc<Tally> {
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
-    let loader = tokio::spawn(load(svc.beacon, "a".into(), stop.clone(), tally.clone()));
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let loader = tokio::spawn(load(
+        svc.beacon,
+        prefix.into(),
+        FAST,
+        stop.clone(),
+        tally.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(90);
     while tally.refused_in_a_row.load(Ordering::Relaxed) < 100 {
         assert!(
             Instant::now() < deadline,
@@ -214,13 +241,12 @@ async fn a_full_disk_is_503_not_ready_and_recovers_without_a_restart() {
     }
     stop.store(true, Ordering::Relaxed);
     loader.await.unwrap();
-    let filled = tally.ok.lock().unwrap().len();
-    assert!(
-        filled > 100,
-        "beacons were written before the disk filled: {filled}"
-    );
+    tally
+}
 
-    // Full: not ready, and says why; the state is in the metrics.
+/// The spool cannot write: `/readyz` says so, the metrics too, and a beacon
+/// gets 503.
+async fn assert_unwritable(svc: &Running) {
     let ready = get(svc.admin, "/readyz", &[]).await;
     assert_eq!(ready.status, 503, "not ready while the spool cannot write");
     assert!(
@@ -236,57 +262,109 @@ async fn a_full_disk_is_503_not_ready_and_recovers_without_a_restart() {
         "the disk, not spool.max_bytes, was the limit"
     );
     assert!(m.get("beacond_beacons_refused_total{reason=\"spool_error\"}") > 0.0);
-    // Still full a while later (the retries find no room): still 503.
     let r = get(svc.beacon, "/beacon/event?%7B%7D", &[]).await;
     assert_eq!(r.status, 503);
+}
 
-    // The broker is back: replay delivers, deletes segments, frees space;
-    // the spool writes again and readiness returns, with no restart.
+/// The broker is back: replay delivers, deletes segments, frees space; the
+/// spool writes again and readiness returns, with no restart.
+async fn assert_recovers(
+    svc: &Running,
+    mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+) {
     mock.broker_up(1).unwrap();
     wait_metrics(
-        &svc,
+        svc,
         "the spool writable again",
         Duration::from_secs(60),
         |m| m.get("beacond_spool_writable") == 1.0,
     )
     .await;
     svc.wait_ready().await;
+}
 
-    // New beacons are welcome again: every one of them.
-    let tally2 = Arc::new(Tally::default());
-    let stop2 = Arc::new(AtomicBool::new(false));
-    let loader = tokio::spawn(load(svc.beacon, "b".into(), stop2.clone(), tally2.clone()));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let answered = || {
-        tally2.ok.lock().unwrap().len() as u64 + tally2.other.lock().unwrap().values().sum::<u64>()
-    };
-    while answered() < 500 {
-        assert!(Instant::now() < deadline, "load after recovery stalled");
+/// Sends `n` beacons at `pause` intervals; returns the tally.
+async fn send(svc: &Running, prefix: &str, n: u64, pause: Duration) -> Arc<Tally> {
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = tokio::spawn(load(
+        svc.beacon,
+        prefix.into(),
+        pause,
+        stop.clone(),
+        tally.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while tally.answered() < n {
+        assert!(Instant::now() < deadline, "load stalled");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop2.store(true, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     loader.await.unwrap();
-    let after = tally2.ok.lock().unwrap().clone();
+    tally
+}
+
+/// Reads the topic back; returns the ids seen.
+fn delivered(brokers: &str, topic: &str, expected: usize) -> HashMap<String, usize> {
+    let got = consume(
+        brokers,
+        topic,
+        expected,
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    );
+    ids_in(&got)
+}
+
+fn missing<'a>(sent: &'a [String], seen: &HashMap<String, usize>) -> Vec<&'a String> {
+    sent.iter().filter(|id| !seen.contains_key(*id)).collect()
+}
+
+async fn wait_drained(svc: &Running) {
+    wait_metrics(svc, "the spool drained", Duration::from_secs(90), |m| {
+        m.get("beacond_spool_records") == 0.0 && m.get("beacond_kafka_producer_queue_depth") == 0.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_mode_a_full_disk_is_503_not_ready_and_recovers_without_a_restart() {
+    let Some(tmpfs) = Tmpfs::mount("512k") else {
+        return;
+    };
+    let (mock, brokers, topic, svc) = start(
+        &tmpfs,
+        SpoolMode::Always,
+        &[("message.timeout.ms", "600000")],
+    )
+    .await;
+    mock.broker_down(1).unwrap();
+
+    // Written (204) until the disk is full, then refused (503).
+    let before = fill_the_disk(&svc, "a").await;
+    let filled = before.ok.lock().unwrap().len();
     assert!(
-        tally2.other.lock().unwrap().is_empty(),
+        filled > 100,
+        "beacons were written before the disk filled: {filled}"
+    );
+    assert_unwritable(&svc).await;
+    assert_recovers(&svc, &mock).await;
+
+    // New beacons are welcome again: every one of them.
+    let after = send(&svc, "b", 500, FAST).await;
+    assert!(
+        after.other.lock().unwrap().is_empty(),
         "after recovery only 204s: {:?} ({} ok)",
-        tally2.other.lock().unwrap(),
-        after.len()
+        after.other.lock().unwrap(),
+        after.ok.lock().unwrap().len()
     );
 
     // Every beacon answered 204, before the disk filled and after, is in
     // Kafka; nothing was dropped, nothing set aside as damaged.
-    let mut sent = tally.ok.lock().unwrap().clone();
-    sent.extend(after);
-    let got = consume(
-        &brokers,
-        &topic,
-        sent.len(),
-        Duration::from_secs(60),
-        Duration::from_secs(2),
-    );
-    let seen = ids_in(&got);
-    let lost: Vec<&String> = sent.iter().filter(|id| !seen.contains_key(*id)).collect();
+    let mut sent = before.ok.lock().unwrap().clone();
+    sent.extend(after.ok.lock().unwrap().iter().cloned());
+    let seen = delivered(&brokers, &topic, sent.len());
+    let lost = missing(&sent, &seen);
     assert!(
         lost.is_empty(),
         "{} of {} beacons answered 204 are missing, e.g. {:?}",
@@ -307,10 +385,116 @@ async fn a_full_disk_is_503_not_ready_and_recovers_without_a_restart() {
         "nothing set aside: {files:?}"
     );
     eprintln!(
-        "full disk: {filled} written before it filled, {} refused, {} after recovery; {} in Kafka, lost 0",
-        tally.other.lock().unwrap().get(&503).copied().unwrap_or(0),
+        "always, full disk: {filled} written before it filled, {} refused, {} after recovery, lost 0",
+        before.other.lock().unwrap().get(&503).copied().unwrap_or(0),
         sent.len() - filled,
-        got.len()
+    );
+    svc.stop().await;
+    drop(tmpfs);
+}
+
+/// Overflow mode: lines answered 204 from the producer's queue whose
+/// delivery fails while the disk is full are the loss policy allows, and
+/// each is counted (`io_error`); after recovery a later, short outage loses
+/// nothing (the issue: 406 of 406 lost, though the disk had room).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overflow_mode_counts_what_a_full_disk_loses_and_a_later_outage_loses_nothing() {
+    let Some(tmpfs) = Tmpfs::mount("512k") else {
+        return;
+    };
+    let (mock, brokers, topic, svc) = start(
+        &tmpfs,
+        SpoolMode::Overflow,
+        &[("message.timeout.ms", "2000"), ("retry.backoff.ms", "100")],
+    )
+    .await;
+    mock.broker_down(1).unwrap();
+    // Queued (204) while the broker is down; their deliveries time out and
+    // go to the spool until it is full, then new beacons get 503.
+    let before = fill_the_disk(&svc, "a").await;
+    assert_unwritable(&svc).await;
+    assert_recovers(&svc, &mock).await;
+    wait_drained(&svc).await;
+    let m = svc.metrics().await;
+    let dropped_then = m.get("beacond_spool_dropped_total{reason=\"io_error\"}");
+    assert_eq!(
+        m.get("beacond_spool_dropped_total{reason=\"spool_full\"}"),
+        0.0
+    );
+    let sent_before = before.ok.lock().unwrap().clone();
+    // (Fewer may arrive than were answered 204: those counted as dropped.)
+    let expected = sent_before.len().saturating_sub(dropped_then as usize);
+    let seen = delivered(&brokers, &topic, expected);
+    let lost = missing(&sent_before, &seen);
+    assert!(
+        lost.len() as f64 <= dropped_then,
+        "{} answered 204 are missing but only {dropped_then} drops were counted",
+        lost.len()
+    );
+
+    // A later outage, shorter than the disk: the spool takes every line
+    // whose delivery fails, and the broker gets them all.
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = tokio::spawn(load(
+        svc.beacon,
+        "b".into(),
+        Duration::from_millis(20),
+        stop.clone(),
+        tally.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    mock.broker_down(1).unwrap();
+    // Until delivery failures reach the spool (librdkafka reports the 2 s
+    // timeout late), then a little longer.
+    // (Or dropped: then the assertion below says so.)
+    let handled = |m: &Metrics| {
+        m.get("beacond_spool_appended_total")
+            + m.get("beacond_spool_dropped_total{reason=\"io_error\"}")
+    };
+    let handled_then = handled(&m);
+    wait_metrics(
+        &svc,
+        "undelivered lines spooled",
+        Duration::from_secs(60),
+        |m| handled(m) > handled_then + 50.0,
+    )
+    .await;
+    mock.broker_up(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    loader.await.unwrap();
+    wait_drained(&svc).await;
+    let sent = tally.ok.lock().unwrap().clone();
+    assert!(
+        tally.other.lock().unwrap().is_empty(),
+        "the disk had room: only 204s, got {:?}",
+        tally.other.lock().unwrap()
+    );
+    let m = svc.metrics().await;
+    assert_eq!(
+        m.get("beacond_spool_dropped_total{reason=\"io_error\"}"),
+        dropped_then,
+        "no line lost to a spool write once the disk had room"
+    );
+    let seen = delivered(
+        &brokers,
+        &topic,
+        sent_before.len() - lost.len() + sent.len(),
+    );
+    let lost2 = missing(&sent, &seen);
+    assert!(
+        lost2.is_empty(),
+        "{} of {} beacons of the later outage are missing, e.g. {:?}",
+        lost2.len(),
+        sent.len(),
+        &lost2[..lost2.len().min(5)]
+    );
+    eprintln!(
+        "overflow, full disk: {} answered 204 then, {} lost, {dropped_then} counted drops; later outage: {} answered 204, lost 0",
+        sent_before.len(),
+        lost.len(),
+        sent.len()
     );
     svc.stop().await;
     drop(tmpfs);
