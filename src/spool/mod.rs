@@ -567,7 +567,7 @@ struct Worker {
     ledger_dirty: bool,
     last_ledger: Instant,
     backoff: Backoff,
-    /// Dispatch rounds (worker turns that sent records), counted.
+    /// Dispatch rounds (worker turns allowed to send), counted.
     round: u64,
     /// What [`Dispatch::broker_answers`] said last turn.
     broker_answered: bool,
