@@ -2,7 +2,8 @@
 //!
 //! Owns `/metrics` (Prometheus text), `/healthz` (the process is alive) and
 //! `/readyz` (200 only while beacons can be accepted without loss: the broker
-//! is reachable and the service is not shutting down).
+//! is reachable or the spool can write and has room, and the service is not
+//! shutting down).
 //!
 //! Must never: be served on the beacon listener, or do blocking work per
 //! request (readiness is read from flags the probe thread keeps current).
@@ -57,14 +58,14 @@ impl Readiness {
     }
 
     /// Ready while beacons can be accepted without loss: not draining, not
-    /// shedding (spool full), and either the broker answers or the spool has
-    /// room.
+    /// shedding (spool full, or unable to write: a full disk, an I/O error),
+    /// and either the broker answers or the spool has room.
     pub fn is_ready(&self) -> bool {
         if self.draining.load(Ordering::Relaxed) {
             return false;
         }
         match self.sink.spool() {
-            Some(spool) => !spool.is_full(),
+            Some(spool) => !spool.is_full() && spool.is_writable(),
             None => self.sink.broker_reachable(),
         }
     }
@@ -93,6 +94,11 @@ pub fn handle<B>(
                 (StatusCode::OK, "ready\n")
             } else if readiness.draining.load(Ordering::Relaxed) {
                 (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if readiness.sink.spool().is_some_and(|s| !s.is_writable()) {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shedding: spool cannot write\n",
+                )
             } else if readiness.sink.spool().is_some() {
                 (StatusCode::SERVICE_UNAVAILABLE, "shedding: spool full\n")
             } else {

@@ -242,6 +242,11 @@ pub struct SpoolMetrics {
     /// Bytes after the damage in damaged segments.
     pub corrupt_bytes: Counter,
     pub oldest_record_age_seconds: Gauge,
+    /// 1 while the spool can write, 0 after a failed create, write or fsync
+    /// until one succeeds again (`/readyz` is 503 meanwhile).
+    pub writable: Gauge,
+    /// Failed file operations on segments (create, write, fsync).
+    pub io_errors: Counter,
 }
 
 impl SpoolMetrics {
@@ -275,7 +280,10 @@ impl SpoolMetrics {
             corrupt_segments: Counter::default(),
             corrupt_bytes: Counter::default(),
             oldest_record_age_seconds: Gauge::default(),
+            writable: Gauge::default(),
+            io_errors: Counter::default(),
         };
+        this.writable.set(1);
         this.register(registry, dropped);
         this
     }
@@ -327,6 +335,16 @@ impl SpoolMetrics {
             "oldest_record_age_seconds",
             "Age of the oldest unacknowledged spooled record",
             self.oldest_record_age_seconds.clone(),
+        );
+        r.register(
+            "writable",
+            "1 while the spool can write; 0 after a failed segment create, write or fsync until one succeeds",
+            self.writable.clone(),
+        );
+        r.register(
+            "io_errors",
+            "Failed file operations on spool segments (create, write, fsync)",
+            self.io_errors.clone(),
         );
     }
 }

@@ -567,6 +567,10 @@ impl Dispatch for KafkaSink {
         self.broker_reachable() && self.in_flight() < self.dispatch_limit
     }
 
+    fn broker_answers(&self) -> bool {
+        self.broker_reachable()
+    }
+
     fn dispatch(&self, record: &SpoolRecord<'_>, at: RecordLocation) -> Result<(), DispatchError> {
         let role = role_of(&record.destination);
         let topic = self.topic_of(&record.destination);

@@ -13,10 +13,17 @@
 //! the ledger (written every half second) are sent again: duplicates are
 //! bounded by what was in flight plus half a second of acknowledgements.
 //!
+//! A failed create, write or fsync (a full disk, an I/O error) makes the
+//! spool unwritable ([`SpoolHandle::is_writable`], `/readyz` 503) until a
+//! write succeeds; the worker tries one every half second, traffic or not.
+//! Its file I/O goes through [`fileops::FileOps`], so tests can fail it.
+//!
 //! Must never: do disk I/O on the request path (requests send a command and
-//! await the reply), delete a record before Kafka acknowledged it, or grow
-//! past `spool.max_bytes` (an append that does not fit is refused: 503).
+//! await the reply), delete a record before Kafka acknowledged it, grow
+//! past `spool.max_bytes` (an append that does not fit is refused: 503), or
+//! need a restart to write again.
 
+pub mod fileops;
 pub mod segment;
 
 use std::collections::VecDeque;
@@ -29,6 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::metrics::SpoolMetrics;
+use fileops::{FileOps, OsFiles};
 use segment::{
     parse_segment_file_name, scan_segment, segment_file_name, RecordError, SegmentReader,
     SegmentWriter, SpoolRecord, SEGMENT_HEADER_LEN,
@@ -120,6 +128,10 @@ pub trait Dispatch: Send + Sync + 'static {
     /// True while sending makes sense: the broker answers and the producer
     /// has room for spooled records next to live traffic.
     fn can_dispatch(&self) -> bool;
+    /// True while the broker answers (the probe's view), whatever the
+    /// producer's queue: when it turns true again, an outage is over and
+    /// replay resumes at once, whatever backoff the outage built up.
+    fn broker_answers(&self) -> bool;
     /// Hands a record over; its acknowledgement comes back through
     /// [`SpoolHandle::acked`] or [`SpoolHandle::failed`] with `at`.
     fn dispatch(&self, record: &SpoolRecord<'_>, at: RecordLocation) -> Result<(), DispatchError>;
@@ -152,6 +164,14 @@ const LEDGER_INTERVAL: Duration = Duration::from_millis(500);
 /// A drained active segment is deleted once it is this large or old.
 const DRAINED_SEGMENT_BYTES: u64 = 1 << 20;
 const DRAINED_SEGMENT_AGE: Duration = Duration::from_secs(5);
+/// While the spool cannot write, a write is tried this often even without
+/// appends (readiness is false meanwhile, so there may be no traffic).
+const WRITE_RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// That write (a file of its own, removed after) must find this much room,
+/// not just a page for a segment header: else readiness would come back
+/// with room for no batch.
+const WRITE_PROBE_BYTES: usize = 64 << 10;
+const WRITE_PROBE_FILE: &str = "write-probe";
 
 struct Shared {
     /// Records on disk not yet handed to Kafka (or awaiting a resend).
@@ -160,6 +180,9 @@ struct Shared {
     queued: AtomicUsize,
     /// The last append was refused for space; cleared below 90% of the cap.
     full: AtomicBool,
+    /// False after a failed segment create, write or fsync (a full disk, an
+    /// I/O error), until a write succeeds again.
+    writable: AtomicBool,
 }
 
 /// The request path's and the producer's handle on the spool.
@@ -193,6 +216,13 @@ impl SpoolHandle {
     /// True when the spool refused an append for lack of space lately.
     pub fn is_full(&self) -> bool {
         self.shared.full.load(Ordering::Relaxed)
+    }
+
+    /// False while the spool cannot write (its last segment create, write or
+    /// fsync failed: a full disk, an I/O error); the worker tries again every
+    /// half second, traffic or not, and it turns true once a write succeeds.
+    pub fn is_writable(&self) -> bool {
+        self.shared.writable.load(Ordering::Relaxed)
     }
 
     /// Appends a line from the request path; never blocks. Await the reply
@@ -263,6 +293,16 @@ impl Spool {
     /// Opens (creating if needed) and scans the spool directory. Records left
     /// by a previous run are replayed once the worker starts.
     pub fn open(settings: SpoolSettings, metrics: SpoolMetrics) -> Result<Spool, SpoolOpenError> {
+        Self::open_with_files(settings, metrics, Arc::new(OsFiles))
+    }
+
+    /// [`Spool::open`] with the worker's segment I/O going through `files`
+    /// (tests inject failures there).
+    pub fn open_with_files(
+        settings: SpoolSettings,
+        metrics: SpoolMetrics,
+        files: Arc<dyn FileOps>,
+    ) -> Result<Spool, SpoolOpenError> {
         let dir = settings.dir.clone();
         let dir_err = |source| SpoolOpenError::Dir {
             dir: dir.clone(),
@@ -352,6 +392,7 @@ impl Spool {
             pending: AtomicBool::new(recovered > 0),
             queued: AtomicUsize::new(0),
             full: AtomicBool::new(false),
+            writable: AtomicBool::new(true),
         });
         // Never reuse an id the ledger still names.
         let next_id = ids
@@ -365,6 +406,7 @@ impl Spool {
             shared: shared.clone(),
             metrics,
             segments,
+            files,
             writer: None,
             next_id,
             total_bytes,
@@ -372,8 +414,10 @@ impl Spool {
             last_sync: Instant::now(),
             ledger_dirty: false,
             last_ledger: Instant::now(),
-            backoff: Duration::ZERO,
-            backoff_until: Instant::now(),
+            backoff: Backoff::default(),
+            round: 0,
+            broker_answered: true,
+            last_write_try: Instant::now(),
             dispatch_stopped: false,
             body: Vec::new(),
         };
@@ -439,13 +483,65 @@ struct SegmentState {
     next_dispatch: u64,
     /// Everything before this offset is acknowledged (what the ledger keeps).
     acked_prefix: u64,
-    /// Records handed to Kafka, in offset order: (offset, end, acked).
-    inflight: VecDeque<(u64, u64, bool)>,
+    /// Records handed to Kafka, in offset order.
+    inflight: VecDeque<InFlight>,
     /// Offsets of in-flight records whose delivery failed; sent again.
     retry: VecDeque<u64>,
     unacked_records: u64,
     first_record_ms: Option<u64>,
     created: Instant,
+}
+
+/// A record handed to Kafka and not yet acknowledged (or acknowledged out
+/// of order, waiting for those before it).
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    offset: u64,
+    end: u64,
+    acked: bool,
+    /// The dispatch round it was (last) sent in: failures of one round are
+    /// one failed attempt, for the backoff.
+    round: u64,
+}
+
+/// Replay's pause after failed deliveries, per outage rather than per
+/// record: everything sent before the pause was decided belongs to the same
+/// failed attempt, however many records fail; the pause grows only when
+/// records sent after it fail too, up to [`Backoff::MAX`], and ends as soon
+/// as a delivery succeeds or the broker answers again after not answering.
+#[derive(Debug, Default)]
+struct Backoff {
+    delay: Duration,
+    until: Option<Instant>,
+    /// The last round sent when the pause was decided.
+    decided_at_round: u64,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(2);
+
+    /// A record sent in `record_round` failed; `current_round` is the last
+    /// round sent.
+    fn on_failure(&mut self, record_round: u64, current_round: u64, now: Instant) {
+        if self.until.is_some() && record_round <= self.decided_at_round {
+            // Part of the attempt this pause is for.
+            return;
+        }
+        self.delay = (self.delay * 2).clamp(Self::MIN, Self::MAX);
+        self.until = Some(now + self.delay);
+        self.decided_at_round = current_round;
+    }
+
+    /// The broker took a record, or answers again: no pause.
+    fn reset(&mut self) {
+        self.delay = Duration::ZERO;
+        self.until = None;
+    }
+
+    fn pausing(&self, now: Instant) -> bool {
+        self.until.is_some_and(|until| now < until)
+    }
 }
 
 impl SegmentState {
@@ -461,6 +557,8 @@ struct Worker {
     metrics: SpoolMetrics,
     /// Oldest first; the active segment (if any) is last and not sealed.
     segments: VecDeque<SegmentState>,
+    /// Segment file I/O (the OS, or a test's failing stand-in).
+    files: Arc<dyn FileOps>,
     writer: Option<SegmentWriter>,
     next_id: u64,
     total_bytes: u64,
@@ -468,8 +566,13 @@ struct Worker {
     last_sync: Instant,
     ledger_dirty: bool,
     last_ledger: Instant,
-    backoff: Duration,
-    backoff_until: Instant,
+    backoff: Backoff,
+    /// Dispatch rounds (worker turns allowed to send), counted.
+    round: u64,
+    /// What [`Dispatch::broker_answers`] said last turn.
+    broker_answered: bool,
+    /// When a write was last tried (for the retry while unwritable).
+    last_write_try: Instant,
     dispatch_stopped: bool,
     body: Vec<u8>,
 }
@@ -526,7 +629,10 @@ impl Worker {
             if self.dirty
                 && (shutdown.is_some() || self.last_sync.elapsed() >= self.settings.fsync_interval)
             {
-                let _ = self.sync();
+                self.sync_or_seal();
+            }
+            if !self.is_writable() && self.last_write_try.elapsed() >= WRITE_RETRY_INTERVAL {
+                self.try_write();
             }
             if self.ledger_dirty && self.last_ledger.elapsed() >= LEDGER_INTERVAL {
                 self.write_ledger();
@@ -537,14 +643,70 @@ impl Worker {
             self.collect_garbage(shutdown.is_some());
             self.publish();
             if let Some(done) = shutdown.take() {
-                let _ = self.sync();
+                self.sync_or_seal();
                 self.write_ledger();
                 let _ = done.send(());
                 return;
             }
         }
-        let _ = self.sync();
+        self.sync_or_seal();
         self.write_ledger();
+    }
+
+    fn is_writable(&self) -> bool {
+        self.shared.writable.load(Ordering::Relaxed)
+    }
+
+    /// A segment create, write or fsync failed: counted, and the spool is
+    /// unwritable (readiness false) until a write succeeds. Logged at ERROR
+    /// when it stops writing, then quietly while it stays so.
+    fn io_failed(&mut self, what: &'static str, error: &dyn std::fmt::Display) {
+        self.metrics.io_errors.inc();
+        if self.shared.writable.swap(false, Ordering::Relaxed) {
+            self.metrics.writable.set(0);
+            tracing::error!(%error, "spool {what} failed: appends refused (503), not ready, until a write succeeds (tried every {WRITE_RETRY_INTERVAL:?})");
+        } else {
+            tracing::debug!(%error, "spool {what} failed again");
+        }
+    }
+
+    /// A write (and its fsync, when answering waits for it) succeeded.
+    fn wrote(&mut self) {
+        if !self.shared.writable.swap(true, Ordering::Relaxed) {
+            self.metrics.writable.set(1);
+            tracing::info!("spool writes again");
+        }
+    }
+
+    /// While unwritable, traffic or not: writes, fsyncs and removes a probe
+    /// file of [`WRITE_PROBE_BYTES`], so that readiness comes back once
+    /// there is room again (replay deleted segments, an operator freed
+    /// space), without waiting for traffic a 503 keeps away. (Failed probes
+    /// are not counted as I/O errors; they are expected until then.)
+    fn try_write(&mut self) {
+        self.last_write_try = Instant::now();
+        let path = self.settings.dir.join(WRITE_PROBE_FILE);
+        // One left by a crash mid-probe would fail the create.
+        let _ = self.files.remove_file(&path);
+        let files = self.files.clone();
+        let result = files.create_new(&path).and_then(|mut f| {
+            files.write_all(&mut f, &[0; WRITE_PROBE_BYTES])?;
+            files.sync_data(&f)
+        });
+        let _ = files.remove_file(&path);
+        match result {
+            Ok(()) => self.wrote(),
+            Err(e) => tracing::debug!(error = %e, "spool still cannot write"),
+        }
+    }
+
+    /// fsyncs the active segment; after a failure its tail cannot be
+    /// trusted for appends (the page cache may have dropped them), so it is
+    /// sealed (what it holds is still replayed) and the spool is unwritable.
+    fn sync_or_seal(&mut self) {
+        if self.sync().is_err() {
+            self.seal_active();
+        }
     }
 
     /// Adds an encoded record to the batch being written, or refuses it.
@@ -609,7 +771,9 @@ impl Worker {
                 result = Err(e);
             }
         }
-        if result.is_err() {
+        if result.is_ok() {
+            self.wrote();
+        } else {
             // Lines already answered 204 (their delivery failed) that could
             // not be written: lost, and counted as such.
             let unanswered = (*count).saturating_sub(replies.len() as u64);
@@ -626,9 +790,11 @@ impl Worker {
         }
         batch.clear();
         *count = 0;
+        self.last_write_try = Instant::now();
     }
 
-    fn write(&mut self, batch: &[u8], count: u64) -> Result<(), SpoolError> {
+    /// Opens a new active segment unless there is one.
+    fn open_segment(&mut self) -> Result<(), SpoolError> {
         if self.writer.is_none() {
             if self.next_id > MAX_SEGMENT_ID {
                 if !self.segments.is_empty() {
@@ -644,15 +810,24 @@ impl Worker {
                 self.write_ledger();
             }
             let id = self.next_id;
-            let w = SegmentWriter::create(&self.settings.dir, id).map_err(|e| {
-                tracing::error!(error = %e, "cannot create a spool segment");
-                SpoolError::Io(e.to_string())
-            })?;
+            let path = self.settings.dir.join(segment_file_name(id));
+            let w = match SegmentWriter::create_with(self.files.clone(), &self.settings.dir, id) {
+                Ok(w) => w,
+                Err(e) => {
+                    // A file left behind (its removal failed too) must not
+                    // block every later try: that id is burnt.
+                    if path.exists() {
+                        self.next_id += 1;
+                    }
+                    self.io_failed("segment create", &e);
+                    return Err(SpoolError::Io(e.to_string()));
+                }
+            };
             self.next_id += 1;
             self.total_bytes += w.len();
             self.segments.push_back(SegmentState {
                 id,
-                path: self.settings.dir.join(segment_file_name(id)),
+                path,
                 reader: None,
                 len: w.len(),
                 file_len: w.len(),
@@ -667,13 +842,19 @@ impl Worker {
             });
             self.writer = Some(w);
         }
+        Ok(())
+    }
+
+    fn write(&mut self, batch: &[u8], count: u64) -> Result<(), SpoolError> {
+        self.open_segment()?;
         let Some(writer) = self.writer.as_mut() else {
             return Err(SpoolError::Closed);
         };
         if let Err(e) = writer.append(batch) {
-            tracing::error!(error = %e, "spool write failed");
-            // The segment's tail is now uncertain: seal it where it was.
+            // Cut back to where it was (or, if that failed too, uncertain):
+            // sealed there either way, and the next write opens a new one.
             self.seal_active();
+            self.io_failed("write", &e);
             return Err(SpoolError::Io(e.to_string()));
         }
         let new_len = writer.len();
@@ -706,20 +887,27 @@ impl Worker {
     fn sync(&mut self) -> Result<(), SpoolError> {
         self.dirty = false;
         self.last_sync = Instant::now();
-        if let Some(w) = &self.writer {
-            if let Err(e) = w.sync() {
-                tracing::error!(error = %e, "spool fsync failed");
-                return Err(SpoolError::Io(e.to_string()));
-            }
+        let result = self.writer.as_ref().map_or(Ok(()), SegmentWriter::sync);
+        if let Err(e) = result {
+            self.io_failed("fsync", &e);
+            return Err(SpoolError::Io(e.to_string()));
         }
         Ok(())
     }
 
     /// Hands records to Kafka: retries first, then in order, oldest segment first.
     fn dispatch(&mut self, dispatch: &dyn Dispatch) {
-        if Instant::now() < self.backoff_until || !dispatch.can_dispatch() {
+        let answers = dispatch.broker_answers();
+        if answers && !self.broker_answered {
+            // An outage is over: whatever it built up, replay resumes now.
+            self.backoff.reset();
+        }
+        self.broker_answered = answers;
+        if self.backoff.pausing(Instant::now()) || !dispatch.can_dispatch() {
             return;
         }
+        self.round += 1;
+        let round = self.round;
         let mut budget = DISPATCH_BATCH;
         let mut body = std::mem::take(&mut self.body);
         let active = self.writer.as_ref().map(|w| w.id());
@@ -786,7 +974,12 @@ impl Worker {
                             mark_acked(state, offset);
                         } else {
                             // Done with, as if acknowledged.
-                            state.inflight.push_back((offset, span.end, false));
+                            state.inflight.push_back(InFlight {
+                                offset,
+                                end: span.end,
+                                acked: false,
+                                round,
+                            });
                             state.next_dispatch = span.end;
                             mark_acked(state, offset);
                         }
@@ -797,8 +990,16 @@ impl Worker {
                 self.metrics.replayed.inc();
                 if is_retry {
                     state.retry.pop_front();
+                    if let Some(r) = in_flight(state, offset) {
+                        r.round = round;
+                    }
                 } else {
-                    state.inflight.push_back((offset, span.end, false));
+                    state.inflight.push_back(InFlight {
+                        offset,
+                        end: span.end,
+                        acked: false,
+                        round,
+                    });
                     state.next_dispatch = span.end;
                 }
             }
@@ -818,7 +1019,7 @@ impl Worker {
     }
 
     fn on_acked(&mut self, at: RecordLocation) {
-        self.backoff = Duration::ZERO;
+        self.backoff.reset();
         if let Some(state) = self.find(at.segment) {
             if mark_acked(state, at.offset) {
                 self.ledger_dirty = true;
@@ -833,12 +1034,16 @@ impl Worker {
             self.on_acked(at);
             return;
         }
+        let current = self.round;
+        let mut sent_in = current;
         if let Some(state) = self.find(at.segment) {
+            if let Some(r) = in_flight(state, at.offset) {
+                sent_in = r.round;
+            }
             state.retry.push_back(at.offset);
         }
-        self.backoff =
-            (self.backoff * 2).clamp(Duration::from_millis(250), Duration::from_secs(30));
-        self.backoff_until = Instant::now() + self.backoff;
+        // Once per failed attempt, however many of its records fail.
+        self.backoff.on_failure(sent_in, current, Instant::now());
     }
 
     /// Deletes segments whose every record is acknowledged.
@@ -862,7 +1067,7 @@ impl Worker {
                 self.writer = None;
             }
             if let Some(s) = self.segments.remove(i) {
-                if let Err(e) = std::fs::remove_file(&s.path) {
+                if let Err(e) = self.files.remove_file(&s.path) {
                     tracing::warn!(error = %e, segment = %s.path.display(), "cannot delete spool segment");
                 }
                 self.total_bytes = self.total_bytes.saturating_sub(s.file_len);
@@ -920,19 +1125,31 @@ impl Worker {
     }
 }
 
+/// The in-flight entry of the record at `offset`.
+fn in_flight(state: &mut SegmentState, offset: u64) -> Option<&mut InFlight> {
+    let i = state
+        .inflight
+        .binary_search_by_key(&offset, |e| e.offset)
+        .ok()?;
+    state.inflight.get_mut(i)
+}
+
 /// Marks a record acknowledged; advances the segment's acked prefix.
 /// Returns true when the prefix moved.
 fn mark_acked(state: &mut SegmentState, offset: u64) -> bool {
-    let Ok(i) = state.inflight.binary_search_by_key(&offset, |e| e.0) else {
+    let Some(entry) = in_flight(state, offset) else {
         return false;
     };
-    if state.inflight[i].2 {
+    if entry.acked {
         return false;
     }
-    state.inflight[i].2 = true;
+    entry.acked = true;
     state.unacked_records = state.unacked_records.saturating_sub(1);
     let mut moved = false;
-    while let Some(&(_, end, true)) = state.inflight.front() {
+    while let Some(&InFlight {
+        end, acked: true, ..
+    }) = state.inflight.front()
+    {
         state.acked_prefix = end;
         state.inflight.pop_front();
         moved = true;

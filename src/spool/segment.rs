@@ -25,10 +25,13 @@
 //!
 //! Must never: panic on any file contents, or read past a length it was given.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::File;
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::fileops::{FileOps, OsFiles};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"BCNSPOOL";
 /// The version new segments are written in.
@@ -243,10 +246,12 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// The segment being appended to.
+/// The segment being appended to. Its file I/O goes through a
+/// [`FileOps`] (the operating system's, or a test's that fails on purpose).
 #[derive(Debug)]
 pub struct SegmentWriter {
     file: File,
+    files: Arc<dyn FileOps>,
     path: PathBuf,
     id: u64,
     len: u64,
@@ -255,24 +260,39 @@ pub struct SegmentWriter {
 impl SegmentWriter {
     /// Creates a new, empty segment (fails if the file exists).
     pub fn create(dir: &Path, id: u64) -> Result<SegmentWriter, SegmentError> {
+        Self::create_with(Arc::new(OsFiles), dir, id)
+    }
+
+    /// [`SegmentWriter::create`] through `files`. When the header cannot be
+    /// written (a full disk), the file just created is removed again: a
+    /// headerless file would make every later create of this id fail, and a
+    /// restart set it aside as damaged.
+    pub fn create_with(
+        files: Arc<dyn FileOps>,
+        dir: &Path,
+        id: u64,
+    ) -> Result<SegmentWriter, SegmentError> {
         let path = dir.join(segment_file_name(id));
         let io = |source| SegmentError::Io {
             path: path.clone(),
             source,
         };
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(io)?;
+        let mut file = files.create_new(&path).map_err(io)?;
         let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
         header[..8].copy_from_slice(SEGMENT_MAGIC);
         header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        file.write_all(&header).map_err(io)?;
+        if let Err(source) = files.write_all(&mut file, &header) {
+            drop(file);
+            // If even this fails, the caller has moved on to the next id
+            // anyway; a restart sets the leftover aside.
+            let _ = files.remove_file(&path);
+            return Err(io(source));
+        }
         // The new file's directory entry must survive power loss too.
         super::sync_dir(dir);
         Ok(SegmentWriter {
             file,
+            files,
             path,
             id,
             len: SEGMENT_HEADER_LEN,
@@ -292,24 +312,29 @@ impl SegmentWriter {
         self.len == SEGMENT_HEADER_LEN
     }
 
-    /// Appends encoded records in one write.
+    /// Appends encoded records in one write. When the write fails part way
+    /// (a full disk), the file is cut back to where it was, so no torn record
+    /// is left for a restart to count as damage.
     pub fn append(&mut self, encoded: &[u8]) -> Result<(), SegmentError> {
-        self.file
-            .write_all(encoded)
-            .map_err(|source| SegmentError::Io {
+        if let Err(source) = self.files.write_all(&mut self.file, encoded) {
+            let _ = self.files.set_len(&self.file, self.len);
+            return Err(SegmentError::Io {
                 path: self.path.clone(),
                 source,
-            })?;
+            });
+        }
         self.len += encoded.len() as u64;
         Ok(())
     }
 
     /// Makes what was appended durable (fdatasync).
     pub fn sync(&self) -> Result<(), SegmentError> {
-        self.file.sync_data().map_err(|source| SegmentError::Io {
-            path: self.path.clone(),
-            source,
-        })
+        self.files
+            .sync_data(&self.file)
+            .map_err(|source| SegmentError::Io {
+                path: self.path.clone(),
+                source,
+            })
     }
 }
 
