@@ -9,6 +9,7 @@ use beacond::event_rules::EventRulesSource;
 use beacond::service::{EventsReloader, Service};
 use beacond::sink::KafkaSink;
 use beacond::systemd::ServiceManager;
+use beacond::tls::TlsTerminator;
 
 /// Edge beacon collector: EventLogging beacons from HTTP to Kafka.
 #[derive(Debug, Parser)]
@@ -42,6 +43,9 @@ fn main() -> anyhow::Result<()> {
     beacond::service::prepare(&mut config)?;
     if args.check {
         KafkaSink::validate_properties(&config).context("kafka.properties")?;
+        if let Some(tls) = &config.http.tls {
+            TlsTerminator::new(tls)?;
+        }
         let hostname = config.output.hostname.clone().unwrap_or_default();
         if let Some(source) = EventRulesSource::new(&config.events, &hostname) {
             let validator = source.checking().load()?;
@@ -73,7 +77,7 @@ fn main() -> anyhow::Result<()> {
                 .write_ready_file(path)
                 .with_context(|| format!("--ready-file {}", path.display()))?;
         }
-        reload_on_sighup(hangups, service.events_reloader());
+        reload_on_sighup(hangups, service.events_reloader(), service.tls());
         let (shutdown, hurry) = shutdown_signals();
         service.run_until(shutdown, hurry).await?;
         anyhow::Ok(())
@@ -94,21 +98,25 @@ fn hangup_signals() -> Option<tokio::signal::unix::Signal> {
     }
 }
 
-/// On each SIGHUP, reloads the events intake's stream config and schemas on
-/// a blocking thread (a failure keeps the ones in force; it is logged
-/// there). With the events intake off there is nothing to reload: the
-/// signal is logged and ignored.
+/// On each SIGHUP, reloads the TLS certificate (with `[http.tls]`) and the
+/// events intake's stream config and schemas, on a blocking thread (a
+/// failure keeps what is in force; it is logged and counted there).
 fn reload_on_sighup(
     hangups: Option<tokio::signal::unix::Signal>,
     reloader: Option<EventsReloader>,
+    tls: Option<TlsTerminator>,
 ) {
     let Some(mut hup) = hangups else {
         return;
     };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
+            if let Some(tls) = tls.clone() {
+                tracing::info!("SIGHUP received: reloading the TLS certificate");
+                let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
+            }
             let Some(reloader) = reloader.clone() else {
-                tracing::info!("SIGHUP received: the events intake is off, nothing to reload");
+                tracing::info!("SIGHUP received: the events intake is off, no rules to reload");
                 continue;
             };
             tracing::info!("SIGHUP received: reloading the stream config and schemas");

@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::sink::{KafkaSink, SinkError};
 use crate::spool::{Spool, SpoolOpenError, SpoolSettings};
 use crate::systemd::ServiceManager;
+use crate::tls::TlsTerminator;
 
 /// How often the readiness probe asks the broker for metadata.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -53,6 +54,8 @@ pub enum ServiceError {
     Intake(#[from] crate::intake::IntakeError),
     #[error(transparent)]
     EventRules(#[from] EventRulesError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Reloads the events intake's stream config and schemas (`SIGHUP`).
@@ -160,6 +163,7 @@ pub struct Service {
     spool: Option<Spool>,
     intake: Arc<Intake<KafkaSink>>,
     reloader: Option<EventsReloader>,
+    tls: Option<TlsTerminator>,
     manager: ServiceManager,
 }
 
@@ -194,6 +198,13 @@ impl Service {
             "spool.max_bytes: the spool is full at this many bytes (0: no spool)",
             spool_max_bytes,
         );
+        // The certificate is read now: a bad one stops start-up.
+        let tls = config
+            .http
+            .tls
+            .as_ref()
+            .map(|t| TlsTerminator::new(t).map(|t| t.with_metrics(&metrics)))
+            .transpose()?;
         let mut spool = match SpoolSettings::from_config(&config.spool) {
             Some(settings) => Some(Spool::open(settings, metrics.spool.clone())?),
             None => None,
@@ -243,6 +254,7 @@ impl Service {
             spool,
             intake: Arc::new(intake),
             reloader,
+            tls,
             manager: ServiceManager::disabled(),
         })
     }
@@ -252,6 +264,12 @@ impl Service {
     pub fn with_service_manager(mut self, manager: ServiceManager) -> Self {
         self.manager = manager;
         self
+    }
+
+    /// The beacon listener's TLS (its certificate reloads on `SIGHUP`);
+    /// `None` without `[http.tls]`.
+    pub fn tls(&self) -> Option<TlsTerminator> {
+        self.tls.clone()
     }
 
     /// Reloads the events intake's rules; `None` while it is off.
@@ -310,6 +328,7 @@ impl Service {
             spool,
             intake,
             reloader,
+            tls,
             manager,
         } = self;
         tracing::info!(
@@ -384,7 +403,10 @@ impl Service {
             beacon_listener,
             handler,
             settings,
-            listener::EdgeSettings::from_config(&config),
+            match &tls {
+                Some(tls) => listener::EdgeSettings::from_config(&config).with_tls(tls),
+                None => listener::EdgeSettings::from_config(&config),
+            },
             Some(metrics.clone()),
             async move {
                 shutdown.await;

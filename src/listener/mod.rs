@@ -1,4 +1,6 @@
-//! Listener: accepts TCP connections and serves HTTP/1.1 on them.
+//! Listener: accepts TCP connections and serves HTTP/1.1 on them, and with
+//! `[http.tls]` TLS with HTTP/2 for the clients that choose it
+//! ([`connection`]).
 //!
 //! Owns sockets and connection lifetimes: the accept loop (with a backoff
 //! when `accept` fails), per-connection hyper settings (keep-alive, header
@@ -28,32 +30,34 @@
 //! for longer than the write timeout, or hold more than
 //! `http.max_connections` beacon connections.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::graceful::GracefulShutdown;
 use ipnet::IpNet;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::config::Config;
+mod connection;
+mod write_timeout;
+
+use connection::ConnectionContext;
+pub use connection::{H2Close, HandshakeFailure};
+
+use crate::config::{Config, H2Config};
 use crate::metrics::{CounterSet, LabelSet, Metrics, RouteCounters};
-use crate::proxy_protocol::{self, ProxyError};
+use crate::proxy_protocol::ProxyError;
+use crate::tls::TlsTerminator;
 
 /// Why a beacon connection was closed before HTTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -161,11 +165,13 @@ pub const UNPARSED_ROUTE: &str = "none";
 /// The listener's own counters (the beacon listener's; the admin listener
 /// counts nothing).
 #[derive(Clone)]
-struct ListenerCounters {
+pub(crate) struct ListenerCounters {
     refusals: CounterSet<ConnectionRefusal>,
     closes: CounterSet<ConnectionClose>,
     accept_failures: CounterSet<AcceptFailure>,
     unparsed: RouteCounters,
+    handshakes_failed: CounterSet<HandshakeFailure>,
+    h2_closes: CounterSet<H2Close>,
 }
 
 impl ListenerCounters {
@@ -181,6 +187,14 @@ impl ListenerCounters {
                 "Failed accept calls on the beacon listener, by reason",
             ),
             unparsed: metrics.route(UNPARSED_ROUTE),
+            handshakes_failed: metrics.counter_set(
+                "tls_handshakes_failed",
+                "TLS handshakes on the beacon listener that failed, by reason",
+            ),
+            h2_closes: metrics.counter_set(
+                "h2_connections_closed",
+                "HTTP/2 connections that ended with an error (floods included), by h2 reason",
+            ),
         }
     }
 }
@@ -219,6 +233,10 @@ pub struct EdgeSettings {
     pub max_headers: Option<usize>,
     /// `Some(trusted proxies)` when the PROXY protocol is on.
     pub proxy_protocol: Option<Arc<[IpNet]>>,
+    /// TLS (`[http.tls]`), and with it HTTP/2 for clients that choose `h2`.
+    pub tls: Option<TlsTerminator>,
+    /// HTTP/2's limits (`[http.h2]`).
+    pub h2: H2Config,
 }
 
 impl EdgeSettings {
@@ -231,7 +249,15 @@ impl EdgeSettings {
             proxy_protocol: http
                 .proxy_protocol
                 .then(|| config.client_ip.trusted_proxies.clone().into()),
+            tls: None,
+            h2: http.h2.clone(),
         }
+    }
+
+    /// Serves TLS (and HTTP/2) with `tls`'s certificate.
+    pub fn with_tls(mut self, tls: &TlsTerminator) -> Self {
+        self.tls = Some(tls.clone());
+        self
     }
 }
 
@@ -337,19 +363,35 @@ pub async fn serve_with_edge<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
+    let mut h1 = http1::Builder::new();
+    let max_buf_size = settings.max_buf_size.max(8192);
+    h1.timer(TokioTimer::new())
         .keep_alive(true)
         .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(settings.max_buf_size.max(8192));
+        .max_buf_size(max_buf_size);
     if let Some(n) = edge.max_headers.filter(|n| *n != HYPER_DEFAULT_MAX_HEADERS) {
         // Moves hyper's header array from the stack to the heap: only when asked.
-        builder.max_headers(n);
+        h1.max_headers(n);
     }
-    let builder = Arc::new(builder);
     let slots = edge.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     let counters = metrics.as_deref().map(ListenerCounters::new);
+    let h2 = edge.tls.as_ref().map(|_| {
+        let max_header_list = match edge.h2.max_header_list_bytes {
+            0 => u32::try_from(max_buf_size).unwrap_or(u32::MAX),
+            n => n,
+        };
+        connection::h2_builder(&edge.h2, max_header_list)
+    });
+    let context = Arc::new(ConnectionContext {
+        h1,
+        h2,
+        tls: edge.tls.as_ref().map(|t| t.acceptor().clone()),
+        proxy_trusted: edge.proxy_protocol.clone(),
+        header_timeout: settings.header_read_timeout,
+        write_timeout: settings.write_timeout,
+        metrics: metrics.clone(),
+        counters: counters.clone(),
+    });
     let graceful = GracefulShutdown::new();
     let mut tasks = JoinSet::new();
     let mut backoff = AcceptBackoff::new();
@@ -403,60 +445,10 @@ pub async fn serve_with_edge<H, F>(
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let watcher = graceful.watcher();
-        let builder = Arc::clone(&builder);
-        let proxy_trusted = edge.proxy_protocol.clone();
-        let header_timeout = settings.header_read_timeout;
-        let write_timeout = settings.write_timeout;
-        let metrics = metrics.clone();
-        let counters = counters.clone();
+        let context = Arc::clone(&context);
         tasks.spawn(async move {
             let _slot = slot;
-            if let Some(m) = &metrics {
-                m.connections_accepted.inc();
-            }
-            let (stream, peer) = match proxy_trusted {
-                None => (proxy_protocol::Prefixed::new(Vec::new(), stream), peer),
-                Some(trusted) => {
-                    let is_trusted = trusted
-                        .iter()
-                        .any(|n| n.contains(&peer.ip().to_canonical()));
-                    match proxy_protocol::accept(stream, peer, is_trusted, header_timeout).await {
-                        Ok(accepted) => (accepted.stream, accepted.peer),
-                        Err(e) => {
-                            if let (Some(c), false) = (&counters, e == ProxyError::Closed) {
-                                c.refusals.inc(ConnectionRefusal::Proxy(e));
-                            }
-                            tracing::debug!(%peer, error = %e, "connection closed before HTTP");
-                            return;
-                        }
-                    }
-                }
-            };
-            let service = service_fn(move |req| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler(req, peer).await) }
-            });
-            let stream = WriteTimeout::new(stream, write_timeout);
-            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
-            let open = OpenGauge::new(metrics.as_deref());
-            let result = conn.await;
-            drop(open);
-            if let Err(e) = &result {
-                if let Some(m) = &metrics {
-                    m.connection_errors.inc();
-                }
-                if let (Some(c), Some(status)) = (&counters, hyper_answer(e)) {
-                    c.unparsed.count(status);
-                }
-                if is_write_timeout(e) {
-                    if let Some(c) = &counters {
-                        c.closes.inc(ConnectionClose::WriteTimeout);
-                    }
-                    tracing::debug!(%peer, "response write made no progress: connection closed");
-                } else {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            }
+            context.serve(stream, peer, handler, watcher).await;
         });
     }
     drop(listener);
@@ -482,148 +474,6 @@ pub async fn serve_with_edge<H, F>(
                 c.closes.inc(ConnectionClose::ShutdownGrace);
             }
         }
-    }
-}
-
-/// `beacond_connections_open`, decremented however the task ends (aborted
-/// at the end of the grace period included).
-struct OpenGauge<'a>(Option<&'a Metrics>);
-
-impl<'a> OpenGauge<'a> {
-    fn new(metrics: Option<&'a Metrics>) -> Self {
-        if let Some(m) = metrics {
-            m.connections_open.inc();
-        }
-        Self(metrics)
-    }
-}
-
-impl Drop for OpenGauge<'_> {
-    fn drop(&mut self) {
-        if let Some(m) = self.0 {
-            m.connections_open.dec();
-        }
-    }
-}
-
-/// The status of the answer hyper wrote itself before returning `e`, if it
-/// wrote one (a request it could not parse: hyper's `on_error` in its h1
-/// server role).
-fn hyper_answer(e: &hyper::Error) -> Option<StatusCode> {
-    if !e.is_parse() || e.is_parse_version_h2() || e.is_parse_status() {
-        return None;
-    }
-    let text = e.to_string();
-    if text.contains("internal error") {
-        return None;
-    }
-    if text.contains("URI too long") {
-        return Some(StatusCode::URI_TOO_LONG);
-    }
-    if e.is_parse_too_large() {
-        return Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-    }
-    Some(StatusCode::BAD_REQUEST)
-}
-
-/// Whether hyper ended the connection because [`WriteTimeout`] failed a write.
-fn is_write_timeout(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<io::Error>() {
-            return io.kind() == io::ErrorKind::TimedOut
-                && io.get_ref().is_some_and(|inner| inner.is::<WriteStalled>());
-        }
-        source = s.source();
-    }
-    false
-}
-
-/// The error a stalled write ends with.
-#[derive(Debug, thiserror::Error)]
-#[error("response write made no progress for the write timeout")]
-struct WriteStalled;
-
-/// A stream whose writes fail once one has stayed pending (the socket taking
-/// no byte) for longer than `timeout`. hyper has no write timeout of its own.
-struct WriteTimeout<S> {
-    inner: S,
-    timeout: Duration,
-    /// Armed while a write, flush or shutdown is pending; disarmed by any
-    /// progress.
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<S> WriteTimeout<S> {
-    fn new(inner: S, timeout: Duration) -> Self {
-        Self {
-            inner,
-            timeout,
-            deadline: None,
-        }
-    }
-
-    /// After a write-side poll: `Pending` arms the deadline (or fails once
-    /// it passed), anything else disarms it.
-    fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        if poll.is_ready() {
-            self.deadline = None;
-            return poll;
-        }
-        let timeout = self.timeout;
-        let deadline = self
-            .deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, WriteStalled)))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for WriteTimeout<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.watch(cx, poll)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.watch(cx, poll)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_flush(cx);
-        self.watch(cx, poll)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.watch(cx, poll)
     }
 }
 
@@ -668,60 +518,5 @@ mod tests {
         b.succeeded();
         assert!(b.burst.is_none());
         assert_eq!(b.failed(&e), ACCEPT_BACKOFF_MIN);
-    }
-
-    /// A writer that never takes a byte.
-    struct Stuck;
-    impl AsyncWrite for Stuck {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Poll::Pending
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Pending
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Pending
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_write_that_makes_no_progress_fails_after_the_timeout() {
-        use tokio::io::AsyncWriteExt;
-        let mut w = WriteTimeout::new(Stuck, Duration::from_millis(500));
-        let started = tokio::time::Instant::now();
-        let e = w
-            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
-            .await
-            .unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
-        assert!(e.get_ref().is_some_and(|i| i.is::<WriteStalled>()));
-        assert_eq!(started.elapsed(), Duration::from_millis(500));
-    }
-
-    #[tokio::test]
-    async fn a_write_that_progresses_is_not_cut() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        // A reader taking 4 KiB every 50 ms: each write waits, none for 200 ms.
-        let (a, mut b) = tokio::io::duplex(4096);
-        let mut w = WriteTimeout::new(a, Duration::from_millis(200));
-        let reader = tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut total = 0;
-            loop {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                match b.read(&mut buf).await {
-                    Ok(0) | Err(_) => return total,
-                    Ok(n) => total += n,
-                }
-            }
-        });
-        w.write_all(&vec![7u8; 64 * 1024]).await.unwrap();
-        w.shutdown().await.unwrap();
-        drop(w);
-        assert_eq!(reader.await.unwrap(), 64 * 1024);
     }
 }
