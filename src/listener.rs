@@ -10,7 +10,8 @@
 //! open connections (one more is closed at once, before anything is allocated
 //! for it), and the PROXY protocol rule ([`crate::proxy_protocol`]), applied
 //! before hyper sees a byte; the handler then gets the PROXY header's client
-//! as the peer.
+//! as the peer (or, when a trusted balancer's header named none, the balancer,
+//! with a [`proxy_protocol::PeerOrigin::Unnamed`] request extension).
 //!
 //! Must never: stop accepting because one connection or one `accept` failed,
 //! let a connection outlive shutdown's grace period, or hold more than
@@ -203,14 +204,18 @@ pub async fn serve_with_edge<H, F>(
             if let Some(m) = &metrics {
                 m.connections_accepted.inc();
             }
-            let (stream, peer) = match proxy_trusted {
-                None => (proxy_protocol::Prefixed::new(Vec::new(), stream), peer),
+            let (stream, peer, origin) = match proxy_trusted {
+                None => (
+                    proxy_protocol::Prefixed::new(Vec::new(), stream),
+                    peer,
+                    proxy_protocol::PeerOrigin::Named,
+                ),
                 Some(trusted) => {
                     let is_trusted = trusted
                         .iter()
                         .any(|n| n.contains(&peer.ip().to_canonical()));
                     match proxy_protocol::accept(stream, peer, is_trusted, header_timeout).await {
-                        Ok(accepted) => (accepted.stream, accepted.peer),
+                        Ok(accepted) => (accepted.stream, accepted.peer, accepted.origin),
                         Err(e) => {
                             if let (Some(r), false) = (&refusals, e == ProxyError::Closed) {
                                 r.inc(ConnectionRefusal::Proxy(e));
@@ -221,7 +226,11 @@ pub async fn serve_with_edge<H, F>(
                     }
                 }
             };
-            let service = service_fn(move |req| {
+            let service = service_fn(move |mut req: Request<Incoming>| {
+                if origin == proxy_protocol::PeerOrigin::Unnamed {
+                    // No client named: the intake believes no forwarding header.
+                    req.extensions_mut().insert(origin);
+                }
                 let handler = handler.clone();
                 async move { Ok::<_, Infallible>(handler(req, peer).await) }
             });

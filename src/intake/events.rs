@@ -32,8 +32,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::{
-    empty, overloaded, plain, read_body, spooled, too_many_requests, user_agent, Admission,
-    BodyError, BoxError, ClientGate, RefusalReason,
+    empty, overloaded, plain, read_body, request_peer, spooled, too_many_requests, user_agent,
+    Admission, BodyError, BoxError, ClientGate, RefusalReason,
 };
 use crate::config::Config;
 use crate::metrics::{CounterSet, LabelSet, Metrics};
@@ -505,7 +505,10 @@ impl<S: MessageSink> EventIntake<S> {
         }
         let hasty = is_hasty(parts.uri.query());
         let user_agent = user_agent(&parts.headers);
-        let client_ip = match gate.admit(gate.client_ip(peer.ip(), &parts.headers), user_agent) {
+        let client_ip = match gate.admit(
+            gate.client_ip(request_peer(peer, &parts.extensions), &parts.headers),
+            user_agent,
+        ) {
             Admission::Admitted { client_ip } => client_ip,
             Admission::RateLimited { retry_after_secs } => {
                 return too_many_requests(retry_after_secs)

@@ -24,9 +24,10 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::events::{EventIntake, EventOutcome};
 use super::{
-    drain_body, empty, overloaded, plain, spooled, too_many_requests, user_agent, Admission,
-    BodyError, BoxError, ClientGate, RefusalReason,
+    drain_body, empty, overloaded, plain, request_peer, spooled, too_many_requests, user_agent,
+    Admission, BodyError, BoxError, ClientGate, RefusalReason,
 };
+use crate::client_ip::Peer;
 use crate::config::{Config, Partitioning};
 use crate::decode::{decode_beacon, RejectReason};
 use crate::format::{write_error_record, OutputFormat, MAX_KEY_BYTES};
@@ -219,7 +220,7 @@ impl<S: MessageSink> BeaconIntake<S> {
         let outcome = self.accept(
             parts.uri.query(),
             &parts.headers,
-            peer.ip(),
+            request_peer(peer, &parts.extensions),
             ReceiveTime::now(),
             gate,
             events,
@@ -257,7 +258,7 @@ impl<S: MessageSink> BeaconIntake<S> {
         &self,
         raw_query: Option<&str>,
         headers: &HeaderMap,
-        peer: IpAddr,
+        peer: Peer,
         received: ReceiveTime,
         gate: &ClientGate,
         events: Option<&EventIntake<S>>,

@@ -29,7 +29,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::client_ip::ClientIpResolver;
+use crate::client_ip::{ClientIpResolver, Peer, PeerOrigin};
 use crate::config::{Config, RateLimitExceeded};
 use crate::filter::BeaconFilter;
 use crate::metrics::{CounterSet, LabelSet, Metrics, RouteCounters};
@@ -134,7 +134,8 @@ impl<S: MessageSink> Intake<S> {
         response
     }
 
-    /// The synchronous beacon step (see [`BeaconIntake::accept`]).
+    /// The synchronous beacon step (see [`BeaconIntake::accept`]), for a
+    /// peer whose address the connection named.
     pub fn accept(
         &self,
         raw_query: Option<&str>,
@@ -145,7 +146,7 @@ impl<S: MessageSink> Intake<S> {
         self.beacons.accept(
             raw_query,
             headers,
-            peer,
+            Peer::from(peer),
             received,
             &self.gate,
             self.events.as_ref(),
@@ -209,8 +210,10 @@ impl ClientGate {
     }
 
     /// The client's address by the trusted-proxy rule (full, not anonymized).
-    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        self.resolver.resolve(peer, headers)
+    /// `peer.origin`: what the connection said of the peer (the request's
+    /// [`PeerOrigin`] extension, see [`request_peer`]).
+    pub fn client_ip(&self, peer: Peer, headers: &HeaderMap) -> IpAddr {
+        self.resolver.resolve_from(peer.origin, peer.ip, headers)
     }
 
     /// Edge protection, in order: limits on the real address, then the
@@ -233,6 +236,16 @@ impl ClientGate {
         Admission::Admitted {
             client_ip: self.filter.output_ip(client_ip),
         }
+    }
+}
+
+/// The request's peer as the listener gave it: its origin is
+/// [`PeerOrigin::Unnamed`] when the connection's PROXY header named no client
+/// (the listener puts that on the request as an extension), else named.
+pub fn request_peer(peer: SocketAddr, extensions: &http::Extensions) -> Peer {
+    Peer {
+        ip: peer.ip(),
+        origin: extensions.get::<PeerOrigin>().copied().unwrap_or_default(),
     }
 }
 
