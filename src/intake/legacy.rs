@@ -29,7 +29,7 @@ use super::{
 };
 use crate::client_ip::Peer;
 use crate::config::{Config, Partitioning};
-use crate::decode::{decode_beacon, RejectReason};
+use crate::decode::{decode_beacon, AttestedField, RejectReason};
 use crate::format::{write_error_record, OutputFormat, MAX_KEY_BYTES};
 use crate::legacy_conversion::{convert, LegacyConverter};
 use crate::meta::{BeaconMeta, ReceiveTime, SequenceCounter};
@@ -73,6 +73,14 @@ pub struct Limits {
     pub max_user_agent_bytes: usize,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
+}
+
+impl LabelSet for AttestedField {
+    const NAME: &'static str = "field";
+    const ALL: &'static [Self] = &AttestedField::ALL;
+    fn as_str(self) -> &'static str {
+        self.label()
+    }
 }
 
 impl LabelSet for RejectReason {
@@ -130,6 +138,10 @@ pub struct BeaconIntake<S> {
     accepted: Counter,
     rejected: CounterSet<RejectReason>,
     refused: CounterSet<RefusalReason>,
+    /// Capsules setting a field beacond attests, by field.
+    attested: CounterSet<AttestedField>,
+    /// `output.refuse_attested_fields`.
+    refuse_attested: bool,
 }
 
 /// Per-thread scratch space, reused by every beacon handled on the thread.
@@ -182,6 +194,12 @@ impl<S: MessageSink> BeaconIntake<S> {
                 "beacons_refused",
                 "Valid beacons answered 503 (not accepted), by reason",
             ),
+            attested: metrics.counter_set(
+                "beacons_attested_fields",
+                "Capsules setting a top-level field beacond attests (its value wins in json and \
+                 event_platform; refused with output.refuse_attested_fields), by field",
+            ),
+            refuse_attested: config.output.refuse_attested_fields,
         }
     }
 
@@ -316,6 +334,23 @@ impl<S: MessageSink> BeaconIntake<S> {
                 Ok(capsule) => capsule,
                 Err(reason) => return self.reject(reason, raw_query, meta, &mut scratch.line),
             };
+        // Fields beacond vouches for: counted; beacond's value wins in the
+        // json line and the converted event; in the varnishkafka line the
+        // processor decides, unless they are refused here.
+        if !capsule.attested.is_empty() {
+            for field in capsule.attested.iter() {
+                self.attested.inc(field);
+            }
+            if self.refuse_attested {
+                return self.reject(
+                    RejectReason::AttestedField,
+                    raw_query,
+                    meta,
+                    &mut scratch.line,
+                );
+            }
+        }
+        let capsule = capsule.text;
         // The conversion's target first: a beacon refused for it gets no
         // sequence number. With a line written too, it is not refused.
         let mut conversion = None;
@@ -455,5 +490,6 @@ mod tests {
     fn reject_reasons_are_a_sound_label_set() {
         crate::metrics::check_label_set::<crate::decode::RejectReason>().unwrap();
         crate::metrics::check_label_set::<super::Conversion>().unwrap();
+        crate::metrics::check_label_set::<crate::decode::AttestedField>().unwrap();
     }
 }
