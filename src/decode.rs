@@ -61,6 +61,14 @@ pub enum RejectReason {
     UserAgentTooLong,
     #[error("request body larger than http.max_body_bytes")]
     BodyTooLarge,
+    #[error("request body not received in time")]
+    BodyTimeout,
+    /// The client went away before its body ended (no one reads the answer).
+    #[error("connection closed before the request body ended")]
+    BodyIncomplete,
+    /// Broken body framing (bad chunked encoding).
+    #[error("malformed request body framing")]
+    BodyMalformed,
     /// `event_platform` output only: the capsule's `schema` is missing, or
     /// has no version in `events.legacy_schema_versions` nor in the schema
     /// repositories.
@@ -74,7 +82,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [RejectReason; 13] = [
+    pub const ALL: [RejectReason; 16] = [
         RejectReason::EmptyQuery,
         RejectReason::QueryTooLong,
         RejectReason::BadPercentEncoding,
@@ -86,6 +94,9 @@ impl RejectReason {
         RejectReason::AttestedField,
         RejectReason::UserAgentTooLong,
         RejectReason::BodyTooLarge,
+        RejectReason::BodyTimeout,
+        RejectReason::BodyIncomplete,
+        RejectReason::BodyMalformed,
         RejectReason::UnknownLegacySchema,
         RejectReason::LegacyEventErrored,
     ];
@@ -104,6 +115,9 @@ impl RejectReason {
             RejectReason::AttestedField => "attested_field",
             RejectReason::UserAgentTooLong => "user_agent_too_long",
             RejectReason::BodyTooLarge => "body_too_large",
+            RejectReason::BodyTimeout => "body_timeout",
+            RejectReason::BodyIncomplete => "body_incomplete",
+            RejectReason::BodyMalformed => "body_malformed",
             RejectReason::UnknownLegacySchema => "unknown_legacy_schema",
             RejectReason::LegacyEventErrored => "legacy_event_errored",
         }
@@ -115,6 +129,7 @@ impl RejectReason {
             RejectReason::QueryTooLong => http::StatusCode::URI_TOO_LONG,
             RejectReason::UserAgentTooLong => http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             RejectReason::BodyTooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
+            RejectReason::BodyTimeout => http::StatusCode::REQUEST_TIMEOUT,
             _ => http::StatusCode::BAD_REQUEST,
         }
     }
@@ -135,6 +150,9 @@ impl RejectReason {
             }
             RejectReason::UserAgentTooLong => "user agent too long\n",
             RejectReason::BodyTooLarge => "request body too large\n",
+            RejectReason::BodyTimeout => "request body not received in time\n",
+            RejectReason::BodyIncomplete => "request body cut short\n",
+            RejectReason::BodyMalformed => "malformed request body (chunked encoding)\n",
             RejectReason::UnknownLegacySchema => "unknown legacy schema\n",
             RejectReason::LegacyEventErrored => "event not accepted\n",
         }

@@ -24,8 +24,8 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::events::{EventIntake, EventOutcome};
 use super::{
-    drain_body, empty, overloaded, plain, request_peer, spooled, too_many_requests, user_agent,
-    Admission, BodyError, BoxError, ClientGate, RefusalReason,
+    closing, drain_body, empty, overloaded, plain, request_peer, spooled, too_many_requests,
+    user_agent, Admission, BodyError, BoxError, ClientGate, RefusalReason,
 };
 use crate::client_ip::Peer;
 use crate::config::{Config, Partitioning};
@@ -222,18 +222,15 @@ impl<S: MessageSink> BeaconIntake<S> {
             return r;
         }
         let (parts, body) = req.into_parts();
-        match drain_body(body, self.limits.max_body_bytes, self.limits.body_timeout).await {
-            Ok(()) => {}
-            Err(BodyError::TooLarge) => {
-                self.rejected.inc(RejectReason::BodyTooLarge);
-                return reject_response(RejectReason::BodyTooLarge);
-            }
-            Err(BodyError::Timeout | BodyError::Broken) => {
-                return plain(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request body not received in time\n",
-                );
-            }
+        if let Err(e) = drain_body(body, self.limits.max_body_bytes, self.limits.body_timeout).await
+        {
+            let reason = RejectReason::from(e);
+            self.rejected.inc(reason);
+            let response = reject_response(reason);
+            return match e {
+                BodyError::Incomplete | BodyError::Malformed => closing(response),
+                BodyError::TooLarge | BodyError::Timeout => response,
+            };
         }
         let outcome = self.accept(
             parts.uri.query(),
@@ -468,6 +465,17 @@ impl<S: MessageSink> BeaconIntake<S> {
         write_error_record(reason, raw_query, meta, line);
         self.sink.report_rejection(line);
         Outcome::Rejected(reason)
+    }
+}
+
+impl From<BodyError> for RejectReason {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge => RejectReason::BodyTooLarge,
+            BodyError::Timeout => RejectReason::BodyTimeout,
+            BodyError::Incomplete => RejectReason::BodyIncomplete,
+            BodyError::Malformed => RejectReason::BodyMalformed,
+        }
     }
 }
 

@@ -327,12 +327,21 @@ pub async fn spooled(reply: AppendReply) -> Result<(), EnqueueError> {
 /// Why a request body was not read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BodyError {
+    /// Over the limit, announced (`Content-Length`) or as read: 413.
     #[error("request body larger than allowed")]
     TooLarge,
+    /// Not all there within the body timeout: 408.
     #[error("request body not received in time")]
     Timeout,
-    #[error("request body cut short")]
-    Broken,
+    /// The client closed (or the connection broke) before the body ended:
+    /// nobody is left to read an answer; counted on its own, answered 400
+    /// with `Connection: close` for the record.
+    #[error("connection closed before the request body ended")]
+    Incomplete,
+    /// The body's framing is broken (bad chunked encoding): 400, and the
+    /// connection is closed (its next request cannot be found).
+    #[error("malformed request body framing")]
+    Malformed,
 }
 
 /// Reads a whole body, at most `max` bytes, within `timeout`.
@@ -409,12 +418,34 @@ where
         .map_err(|_| BodyError::Timeout)?
 }
 
+/// What a body error means. hyper reports a body cut short by the peer as
+/// `UnexpectedEof` (or an incomplete message, or a reset), and broken chunked
+/// framing as `InvalidData`/`InvalidInput`, an `io::Error` in the source chain.
 fn classify(e: BoxError) -> BodyError {
     if e.is::<http_body_util::LengthLimitError>() {
-        BodyError::TooLarge
-    } else {
-        BodyError::Broken
+        return BodyError::TooLarge;
     }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                    BodyError::Malformed
+                }
+                _ => BodyError::Incomplete,
+            };
+        }
+        cause = err.source();
+    }
+    BodyError::Incomplete
+}
+
+/// An answer that also closes the connection: its framing cannot be trusted.
+pub fn closing(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// A plain-text answer.
@@ -488,6 +519,49 @@ mod tests {
             let _ = tx.send_data(Bytes::from_static(b"2]")).await;
         });
         assert_eq!(read_body(body, 100, t).await.unwrap(), &b"[1,2]"[..]);
+    }
+
+    #[test]
+    fn body_errors_are_told_apart() {
+        use std::io::{Error, ErrorKind};
+        let boxed = |e: Error| -> BoxError { Box::new(e) };
+        // (TooLarge, from `Limited`: bodies_are_read_whole_within_bounds.)
+        assert_eq!(
+            classify(boxed(Error::new(ErrorKind::UnexpectedEof, "eof"))),
+            BodyError::Incomplete
+        );
+        assert_eq!(
+            classify(boxed(Error::new(ErrorKind::ConnectionReset, "reset"))),
+            BodyError::Incomplete
+        );
+        assert_eq!(
+            classify(boxed(Error::new(ErrorKind::InvalidInput, "bad chunk size"))),
+            BodyError::Malformed
+        );
+        assert_eq!(
+            classify(boxed(Error::new(ErrorKind::InvalidData, "bad chunk"))),
+            BodyError::Malformed
+        );
+        // Wrapped, as hyper wraps its decoder's io::Error.
+        #[derive(Debug, thiserror::Error)]
+        #[error("body error")]
+        struct Wrapper(#[source] Error);
+        assert_eq!(
+            classify(Box::new(Wrapper(Error::new(ErrorKind::InvalidData, "x")))),
+            BodyError::Malformed
+        );
+        assert_eq!(classify("connection error".into()), BodyError::Incomplete);
+    }
+
+    #[tokio::test]
+    async fn a_body_whose_sender_fails_is_incomplete() {
+        let (tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(1);
+        tx.abort(Box::new(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "client gone",
+        )));
+        let got = read_body(body, 100, Duration::from_secs(1)).await;
+        assert_eq!(got, Err(BodyError::Incomplete));
     }
 
     #[tokio::test(start_paused = true)]
