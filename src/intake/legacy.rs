@@ -2,7 +2,8 @@
 //! `204 No Content`, one message per beacon.
 //!
 //! Owns what is particular to beacons: the method rule (405 with `Allow`),
-//! the empty-body drain (413/408), the synchronous [`BeaconIntake::accept`]
+//! the empty-body drain (413, 408; 400 for a body cut short or with broken
+//! framing, each with its reason), the synchronous [`BeaconIntake::accept`]
 //! step (decode, metadata, format, hand-off), sequence numbers, the
 //! rejection records, and the beacon counters. The shared plumbing (routes,
 //! client gate, spool wait, status accounting) is in [`crate::intake`].
