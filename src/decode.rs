@@ -607,6 +607,10 @@ mod tests {
         assert_eq!(attested(r#"{"\u0069p":"6.6.6.6"}"#), Ok(vec!["ip"]));
         // Case matters, as in every JSON parser.
         assert_eq!(attested(r#"{"IP":"6.6.6.6","Ip":1}"#), Ok(vec![]));
+        // Found by the decode_beacon fuzz target (the target's own check
+        // used a tree of f64s): a number out of f64's range is valid JSON,
+        // accepted as before (Python reads it as inf).
+        assert_eq!(attested(r#"{"Aa[5":125e11225}"#), Ok(vec![]));
         // Duplicates below the top level are event data: passed on.
         assert!(decode(r#"{"event":{"a":1,"a":2}}"#).is_ok());
         // Many keys (past the inline set) and a duplicate far apart.
