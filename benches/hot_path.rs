@@ -97,7 +97,10 @@ fn bench_format(c: &mut Criterion) {
     let mut decoded = Vec::new();
     let mut out = Vec::new();
     for (name, q) in beacons() {
-        let capsule = decode_beacon(&q, 8192, &mut decoded).unwrap().to_string();
+        let capsule = decode_beacon(&q, 8192, &mut decoded)
+            .unwrap()
+            .text
+            .to_string();
         let meta = BeaconMeta {
             received: ReceiveTime::now(),
             seq: Some(123_456),

@@ -5,7 +5,9 @@
 //! `X-Forwarded-For` or `X-Client-IP`) is walked from the right, and the first
 //! address that is not itself a trusted proxy is the client. Entries to the
 //! left of it were written by the client and are never believed. A header from
-//! an untrusted peer is ignored entirely.
+//! an untrusted peer is ignored entirely, and so is any header on a connection
+//! whose PROXY header named no client ([`PeerOrigin::Unnamed`]: the peer is
+//! then the balancer, which vouches for nobody on it).
 //!
 //! Must never: trust the left-most `X-Forwarded-For` entry, allocate per
 //! request, or fail a request (a malformed header yields the last address we
@@ -15,6 +17,45 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
+
+/// What the connection says of its peer, before any header is read.
+///
+/// With `http.proxy_protocol`, a trusted balancer's PROXY header either names
+/// the client (its source address becomes the peer) or names none: v2 `LOCAL`
+/// (the balancer's own connection, e.g. a health check), v1 `UNKNOWN`, v2
+/// `AF_UNSPEC` or `AF_UNIX` (the client's address is not known). Then the peer
+/// stays the balancer's TCP address, and the connection's bytes are not
+/// vouched for: a forwarding header on it may be the client's own writing on
+/// an L4 path, so it is never believed; the client is the balancer (so such
+/// connections share the balancer's rate-limit key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PeerOrigin {
+    /// The TCP peer, or the client a PROXY header named: its forwarding
+    /// header is believed when it is a trusted proxy.
+    #[default]
+    Named,
+    /// A trusted balancer whose PROXY header named no client: no forwarding
+    /// header is believed. The listener marks such requests with this value
+    /// as a request extension.
+    Unnamed,
+}
+
+/// A request's peer: its address and what the connection said of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub ip: IpAddr,
+    pub origin: PeerOrigin,
+}
+
+impl From<IpAddr> for Peer {
+    /// A peer the connection named (a direct client, or a PROXY header's source).
+    fn from(ip: IpAddr) -> Self {
+        Peer {
+            ip,
+            origin: PeerOrigin::Named,
+        }
+    }
+}
 
 /// Resolves the client address of a request from its peer and headers.
 #[derive(Debug, Clone)]
@@ -37,8 +78,14 @@ impl ClientIpResolver {
 
     /// The client's address. IPv4-mapped IPv6 addresses come back as IPv4.
     pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        self.resolve_from(PeerOrigin::Named, peer, headers)
+    }
+
+    /// [`ClientIpResolver::resolve`] for a peer of the given origin: an
+    /// [`PeerOrigin::Unnamed`] peer is the client, whatever its headers say.
+    pub fn resolve_from(&self, origin: PeerOrigin, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let peer = peer.to_canonical();
-        if self.trusted.is_empty() || !self.is_trusted(peer) {
+        if origin == PeerOrigin::Unnamed || self.trusted.is_empty() || !self.is_trusted(peer) {
             return peer;
         }
         // The right-most verified hop so far. When every entry is a trusted
@@ -145,6 +192,34 @@ mod tests {
         let r = resolver(&["10.0.0.0/8"], XFF);
         let h = headers(XFF, &["1.1.1.1, 10.0.0.1"]);
         assert_eq!(r.resolve(ip("198.51.100.7"), &h), ip("198.51.100.7"));
+    }
+
+    #[test]
+    fn a_trusted_balancer_that_named_no_client_vouches_for_no_header() {
+        // PROXY UNKNOWN / v2 LOCAL, AF_UNSPEC, AF_UNIX: the peer stays the
+        // balancer, and what the client wrote after it is not believed.
+        let r = resolver(&["10.0.0.0/8"], XFF);
+        for forged in [&["6.6.6.6"][..], &["6.6.6.6, 10.0.0.2"], &["10.9.9.9"]] {
+            let h = headers(XFF, forged);
+            assert_eq!(
+                r.resolve_from(PeerOrigin::Unnamed, ip("10.0.0.5"), &h),
+                ip("10.0.0.5"),
+                "{forged:?}"
+            );
+            // The same header from a named trusted peer is walked as usual.
+            assert_ne!(
+                r.resolve_from(PeerOrigin::Named, ip("10.0.0.5"), &h),
+                ip("10.0.0.5")
+            );
+        }
+        assert_eq!(
+            r.resolve_from(
+                PeerOrigin::Unnamed,
+                ip("::ffff:10.0.0.5"),
+                &HeaderMap::new()
+            ),
+            ip("10.0.0.5")
+        );
     }
 
     #[test]

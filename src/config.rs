@@ -178,6 +178,12 @@ pub struct OutputConfig {
     /// `None` until resolved: the machine's FQDN.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// Refuse (400, `attested_field`) a capsule that sets a top-level field
+    /// beacond attests (`recvFrom`, `seqId`, `dt`, `ip`, `userAgent`,
+    /// `uuid`). Off: counted; beacond's value wins in `json` and
+    /// `event_platform`, and the varnishkafka line carries the capsule as
+    /// sent (the processor lets capsule fields win).
+    pub refuse_attested_fields: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

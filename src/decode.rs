@@ -8,11 +8,25 @@
 //! by two hex digits is an error (Python keeps it literally), and invalid UTF-8
 //! is an error (Python replaces it with U+FFFD). JSON nesting deeper than
 //! [`MAX_JSON_DEPTH`] is refused, because the processor's recursive decoder
-//! would fail on it.
+//! would fail on it. A top-level key given twice (`"a"` and `"\u0061"` are
+//! the same key) is refused ([`RejectReason::DuplicateKey`]): parsers
+//! downstream disagree on which one counts (Python's last, others the first
+//! or both), so beacond could not say what it passed on.
 //!
-//! Must never: allocate per beacon (it decodes into a caller-owned buffer),
-//! build a JSON tree, or panic on any input.
+//! The same pass over the top-level object notes which [`AttestedField`]s the
+//! capsule carries: the metadata beacond vouches for, which a client must not
+//! set (`format` and `legacy_conversion` write beacond's values over them).
+//!
+//! Must never: allocate per beacon (it decodes into a caller-owned buffer;
+//! only a capsule with more than [`INLINE_KEYS`] top-level keys, or a key
+//! with escapes, allocates), build a JSON tree, or panic on any input.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 /// Deepest JSON nesting accepted. Real EventLogging capsules nest three or
@@ -36,10 +50,25 @@ pub enum RejectReason {
     NotAnObject,
     #[error("JSON nested too deeply")]
     JsonTooDeep,
+    /// A top-level key appears twice.
+    #[error("JSON object has a duplicate top-level key")]
+    DuplicateKey,
+    /// `output.refuse_attested_fields`: the capsule sets a field beacond
+    /// attests (`recvFrom`, `seqId`, `dt`, `ip`, `userAgent`, `uuid`).
+    #[error("capsule sets a field beacond attests")]
+    AttestedField,
     #[error("user agent longer than http.max_user_agent_bytes")]
     UserAgentTooLong,
     #[error("request body larger than http.max_body_bytes")]
     BodyTooLarge,
+    #[error("request body not received in time")]
+    BodyTimeout,
+    /// The client went away before its body ended (no one reads the answer).
+    #[error("connection closed before the request body ended")]
+    BodyIncomplete,
+    /// Broken body framing (bad chunked encoding).
+    #[error("malformed request body framing")]
+    BodyMalformed,
     /// `event_platform` output only: the capsule's `schema` is missing, or
     /// has no version in `events.legacy_schema_versions` nor in the schema
     /// repositories.
@@ -53,7 +82,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 16] = [
         RejectReason::EmptyQuery,
         RejectReason::QueryTooLong,
         RejectReason::BadPercentEncoding,
@@ -61,8 +90,13 @@ impl RejectReason {
         RejectReason::InvalidJson,
         RejectReason::NotAnObject,
         RejectReason::JsonTooDeep,
+        RejectReason::DuplicateKey,
+        RejectReason::AttestedField,
         RejectReason::UserAgentTooLong,
         RejectReason::BodyTooLarge,
+        RejectReason::BodyTimeout,
+        RejectReason::BodyIncomplete,
+        RejectReason::BodyMalformed,
         RejectReason::UnknownLegacySchema,
         RejectReason::LegacyEventErrored,
     ];
@@ -77,8 +111,13 @@ impl RejectReason {
             RejectReason::InvalidJson => "invalid_json",
             RejectReason::NotAnObject => "not_an_object",
             RejectReason::JsonTooDeep => "json_too_deep",
+            RejectReason::DuplicateKey => "duplicate_key",
+            RejectReason::AttestedField => "attested_field",
             RejectReason::UserAgentTooLong => "user_agent_too_long",
             RejectReason::BodyTooLarge => "body_too_large",
+            RejectReason::BodyTimeout => "body_timeout",
+            RejectReason::BodyIncomplete => "body_incomplete",
+            RejectReason::BodyMalformed => "body_malformed",
             RejectReason::UnknownLegacySchema => "unknown_legacy_schema",
             RejectReason::LegacyEventErrored => "legacy_event_errored",
         }
@@ -90,6 +129,7 @@ impl RejectReason {
             RejectReason::QueryTooLong => http::StatusCode::URI_TOO_LONG,
             RejectReason::UserAgentTooLong => http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             RejectReason::BodyTooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
+            RejectReason::BodyTimeout => http::StatusCode::REQUEST_TIMEOUT,
             _ => http::StatusCode::BAD_REQUEST,
         }
     }
@@ -104,12 +144,110 @@ impl RejectReason {
             RejectReason::InvalidJson => "query string is not valid JSON\n",
             RejectReason::NotAnObject => "query string JSON is not an object\n",
             RejectReason::JsonTooDeep => "query string JSON nested too deeply\n",
+            RejectReason::DuplicateKey => "query string JSON has a duplicate top-level key\n",
+            RejectReason::AttestedField => {
+                "query string JSON sets a field the collector attests (recvFrom, seqId, dt, ip, userAgent, uuid)\n"
+            }
             RejectReason::UserAgentTooLong => "user agent too long\n",
             RejectReason::BodyTooLarge => "request body too large\n",
+            RejectReason::BodyTimeout => "request body not received in time\n",
+            RejectReason::BodyIncomplete => "request body cut short\n",
+            RejectReason::BodyMalformed => "malformed request body (chunked encoding)\n",
             RejectReason::UnknownLegacySchema => "unknown legacy schema\n",
             RejectReason::LegacyEventErrored => "event not accepted\n",
         }
     }
+}
+
+/// A top-level capsule field whose value beacond vouches for: the EventLogging
+/// processor's line fields (`recvFrom`, `seqId`, `dt`, `ip`, `userAgent`) and
+/// the `uuid` computed from them. In the processor a capsule field wins over
+/// the line's; for these beacond's value wins in every output it builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttestedField {
+    RecvFrom,
+    SeqId,
+    Dt,
+    Ip,
+    UserAgent,
+    Uuid,
+}
+
+impl AttestedField {
+    pub const ALL: [AttestedField; 6] = [
+        AttestedField::RecvFrom,
+        AttestedField::SeqId,
+        AttestedField::Dt,
+        AttestedField::Ip,
+        AttestedField::UserAgent,
+        AttestedField::Uuid,
+    ];
+
+    /// The metric label (snake_case).
+    pub fn label(self) -> &'static str {
+        match self {
+            AttestedField::RecvFrom => "recv_from",
+            AttestedField::SeqId => "seq_id",
+            AttestedField::Dt => "dt",
+            AttestedField::Ip => "ip",
+            AttestedField::UserAgent => "user_agent",
+            AttestedField::Uuid => "uuid",
+        }
+    }
+
+    /// The key, as in the capsule.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttestedField::RecvFrom => "recvFrom",
+            AttestedField::SeqId => "seqId",
+            AttestedField::Dt => "dt",
+            AttestedField::Ip => "ip",
+            AttestedField::UserAgent => "userAgent",
+            AttestedField::Uuid => "uuid",
+        }
+    }
+
+    /// The field a top-level key names, if any.
+    pub fn of_key(key: &str) -> Option<AttestedField> {
+        AttestedField::ALL.into_iter().find(|f| f.as_str() == key)
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// The set of [`AttestedField`]s a capsule carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AttestedFields(u8);
+
+impl AttestedFields {
+    pub fn insert(&mut self, field: AttestedField) {
+        self.0 |= field.bit();
+    }
+
+    pub fn contains(self, field: AttestedField) -> bool {
+        self.0 & field.bit() != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = AttestedField> {
+        AttestedField::ALL
+            .into_iter()
+            .filter(move |f| self.contains(*f))
+    }
+}
+
+/// A decoded, valid beacon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capsule<'b> {
+    /// The JSON object text.
+    pub text: &'b str,
+    /// The attested fields among its top-level keys.
+    pub attested: AttestedFields,
 }
 
 /// The part of the raw query that carries the JSON: Python's `q.strip('?;')`.
@@ -119,12 +257,13 @@ pub fn strip_query(raw: &str) -> &str {
 
 /// Decodes and validates a raw query string (without its leading `?`, as
 /// `http::Uri::query` gives it). On success returns the decoded JSON object
-/// text, borrowed from `buf`, which is cleared first and reused across calls.
+/// text, borrowed from `buf`, which is cleared first and reused across calls,
+/// and the attested fields it carries.
 pub fn decode_beacon<'b>(
     raw_query: &str,
     max_query_bytes: usize,
     buf: &'b mut Vec<u8>,
-) -> Result<&'b str, RejectReason> {
+) -> Result<Capsule<'b>, RejectReason> {
     if raw_query.len() > max_query_bytes {
         return Err(RejectReason::QueryTooLong);
     }
@@ -134,8 +273,8 @@ pub fn decode_beacon<'b>(
     }
     unquote_plus(payload.as_bytes(), buf)?;
     let text = std::str::from_utf8(buf).map_err(|_| RejectReason::InvalidUtf8)?;
-    validate_json_object(text)?;
-    Ok(text)
+    let attested = validate_json_object(text)?;
+    Ok(Capsule { text, attested })
 }
 
 /// `+` to space, then `%XX` to the byte it names; a `%` without two hex digits
@@ -183,8 +322,9 @@ fn hex_value(c: u8) -> Option<u8> {
     }
 }
 
-/// Valid JSON, an object at the top, nested no deeper than [`MAX_JSON_DEPTH`].
-fn validate_json_object(text: &str) -> Result<(), RejectReason> {
+/// Valid JSON, an object at the top without a duplicate key, nested no
+/// deeper than [`MAX_JSON_DEPTH`]; returns the attested fields among its keys.
+fn validate_json_object(text: &str) -> Result<AttestedFields, RejectReason> {
     let first = text
         .bytes()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
@@ -193,11 +333,112 @@ fn validate_json_object(text: &str) -> Result<(), RejectReason> {
     if json_depth_exceeds(text.as_bytes(), MAX_JSON_DEPTH) {
         return Err(RejectReason::JsonTooDeep);
     }
-    serde_json::from_str::<&RawValue>(text).map_err(|_| RejectReason::InvalidJson)?;
-    if first == Some(b'{') {
-        Ok(())
-    } else {
-        Err(RejectReason::NotAnObject)
+    if first != Some(b'{') {
+        serde_json::from_str::<&RawValue>(text).map_err(|_| RejectReason::InvalidJson)?;
+        return Err(RejectReason::NotAnObject);
+    }
+    // One pass: validates the whole text (values skipped without a tree) and
+    // reads the top-level keys.
+    let mut de = serde_json::Deserializer::from_str(text);
+    let keys = de
+        .deserialize_map(TopLevelKeys)
+        .map_err(|_| RejectReason::InvalidJson)?;
+    de.end().map_err(|_| RejectReason::InvalidJson)?;
+    keys
+}
+
+/// Top-level keys kept inline for the duplicate check; beyond, a hash set.
+pub const INLINE_KEYS: usize = 16;
+
+/// The keys seen so far in an object, without allocating for small ones.
+struct KeySet<'de> {
+    inline: [Cow<'de, str>; INLINE_KEYS],
+    len: usize,
+    spill: Option<HashSet<Cow<'de, str>>>,
+}
+
+impl<'de> KeySet<'de> {
+    fn new() -> Self {
+        KeySet {
+            inline: [const { Cow::Borrowed("") }; INLINE_KEYS],
+            len: 0,
+            spill: None,
+        }
+    }
+
+    /// False when `key` was there already.
+    fn insert(&mut self, key: Cow<'de, str>) -> bool {
+        if let Some(set) = &mut self.spill {
+            return set.insert(key);
+        }
+        if self.inline[..self.len].contains(&key) {
+            return false;
+        }
+        if self.len < INLINE_KEYS {
+            self.inline[self.len] = key;
+            self.len += 1;
+            return true;
+        }
+        let mut set: HashSet<Cow<'de, str>> = self.inline.iter_mut().map(std::mem::take).collect();
+        set.insert(key);
+        self.spill = Some(set);
+        true
+    }
+}
+
+/// Visits the top-level object: duplicate keys, attested fields; values are
+/// validated and skipped.
+struct TopLevelKeys;
+
+impl<'de> Visitor<'de> for TopLevelKeys {
+    /// The inner error is ours (a duplicate); serde's is invalid JSON.
+    type Value = Result<AttestedFields, RejectReason>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = KeySet::new();
+        let mut attested = AttestedFields::default();
+        let mut duplicate = false;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            map.next_value::<IgnoredAny>()?;
+            if duplicate {
+                continue; // still validate the rest
+            }
+            if let Some(field) = AttestedField::of_key(&key.0) {
+                attested.insert(field);
+            }
+            duplicate = !seen.insert(key.0);
+        }
+        Ok(if duplicate {
+            Err(RejectReason::DuplicateKey)
+        } else {
+            Ok(attested)
+        })
+    }
+}
+
+/// An object key, borrowed from the text when it has no escapes.
+pub struct Key<'de>(pub Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
     }
 }
 
@@ -240,7 +481,12 @@ mod tests {
 
     fn decode(q: &str) -> Result<String, RejectReason> {
         let mut buf = Vec::new();
-        decode_beacon(q, 8192, &mut buf).map(str::to_owned)
+        decode_beacon(q, 8192, &mut buf).map(|c| c.text.to_owned())
+    }
+
+    fn attested(q: &str) -> Result<Vec<&'static str>, RejectReason> {
+        let mut buf = Vec::new();
+        decode_beacon(q, 8192, &mut buf).map(|c| c.attested.iter().map(|f| f.as_str()).collect())
     }
 
     #[test]
@@ -327,10 +573,54 @@ mod tests {
             ("string", "%22hi%22", RejectReason::NotAnObject),
             ("number", "42", RejectReason::NotAnObject),
             ("null", "null", RejectReason::NotAnObject),
+            (
+                "duplicate key",
+                r#"{"ip":"1.2.3.4","ip":"6.6.6.6"}"#,
+                RejectReason::DuplicateKey,
+            ),
+            (
+                "duplicate key, one escaped",
+                r#"{"event":{},"\u0065vent":1}"#,
+                RejectReason::DuplicateKey,
+            ),
+            (
+                "duplicate key, invalid later",
+                r#"{"a":1,"a":2,"b":}"#,
+                RejectReason::InvalidJson,
+            ),
         ];
         for (name, q, want) in cases {
             assert_eq!(decode(q), Err(*want), "{name}");
         }
+    }
+
+    #[test]
+    fn attested_fields_and_duplicates_are_top_level_only() {
+        assert_eq!(attested(r#"{"event":{"ip":1},"schema":"S"}"#), Ok(vec![]));
+        assert_eq!(
+            attested(
+                r#"{"uuid":"u","ip":"6.6.6.6","dt":0,"seqId":1,"recvFrom":"h","userAgent":"x"}"#
+            ),
+            Ok(vec!["recvFrom", "seqId", "dt", "ip", "userAgent", "uuid"])
+        );
+        // Escaped spellings are the same key.
+        assert_eq!(attested(r#"{"\u0069p":"6.6.6.6"}"#), Ok(vec!["ip"]));
+        // Case matters, as in every JSON parser.
+        assert_eq!(attested(r#"{"IP":"6.6.6.6","Ip":1}"#), Ok(vec![]));
+        // Found by the decode_beacon fuzz target (the target's own check
+        // used a tree of f64s): a number out of f64's range is valid JSON,
+        // accepted as before (Python reads it as inf).
+        assert_eq!(attested(r#"{"Aa[5":125e11225}"#), Ok(vec![]));
+        // Duplicates below the top level are event data: passed on.
+        assert!(decode(r#"{"event":{"a":1,"a":2}}"#).is_ok());
+        // Many keys (past the inline set) and a duplicate far apart.
+        let many: Vec<String> = (0..100).map(|i| format!("\"k{i}\":{i}")).collect();
+        let text = format!("{{{}}}", many.join(","));
+        assert!(decode(&text).is_ok());
+        let text = format!("{{{},\"k3\":0}}", many.join(","));
+        assert_eq!(decode(&text), Err(RejectReason::DuplicateKey));
+        let text = format!("{{\"k99\":0,{}}}", many.join(","));
+        assert_eq!(decode(&text), Err(RejectReason::DuplicateKey));
     }
 
     #[test]
@@ -413,6 +703,52 @@ mod tests {
                 let q = format!("{}{}", encode_uri_component(&text), if semicolon { ";" } else { "" });
                 let got = decode(&q).unwrap();
                 prop_assert_eq!(serde_json::from_str::<serde_json::Value>(&got).unwrap(), obj);
+            }
+
+            /// The one-pass key scan agrees with a tree: a member list is
+            /// refused as a duplicate exactly when two top-level keys are
+            /// equal, and otherwise its attested fields are the keys a
+            /// parsed map has among them. Keys are drawn from a small set
+            /// (attested names included) and written escaped or not.
+            #[test]
+            fn top_level_keys_match_a_parsed_map(
+                members in prop::collection::vec(
+                    (prop::sample::select(vec!["ip", "dt", "uuid", "seqId", "recvFrom", "userAgent", "event", "schema", "a", "IP"]),
+                     any::<bool>(),
+                     json_value()),
+                    0..10),
+            ) {
+                let mut text = String::from("{");
+                for (i, (key, escape, value)) in members.iter().enumerate() {
+                    if i > 0 {
+                        text.push(',');
+                    }
+                    let key = if *escape {
+                        key.chars().map(|c| format!("\\u{:04x}", c as u32)).collect::<String>()
+                    } else {
+                        key.to_string()
+                    };
+                    text.push_str(&format!("\"{key}\":{value}"));
+                }
+                text.push('}');
+                let q = encode_uri_component(&text);
+                let mut keys: Vec<&str> = members.iter().map(|(k, _, _)| *k).collect();
+                let n = keys.len();
+                keys.sort();
+                keys.dedup();
+                let mut buf = Vec::new();
+                match decode_beacon(&q, usize::MAX, &mut buf) {
+                    Err(RejectReason::DuplicateKey) => prop_assert!(keys.len() < n, "{}", text),
+                    Ok(capsule) => {
+                        prop_assert_eq!(keys.len(), n, "{}", text);
+                        let parsed: serde_json::Map<String, serde_json::Value> =
+                            serde_json::from_str(capsule.text).unwrap();
+                        for f in AttestedField::ALL {
+                            prop_assert_eq!(capsule.attested.contains(f), parsed.contains_key(f.as_str()));
+                        }
+                    }
+                    Err(other) => prop_assert!(false, "{other:?} for {}", text),
+                }
             }
 
             #[test]

@@ -7,13 +7,14 @@
 //!
 //! - `varnishkafka`: `%q\t%l\t%n\t%{%FT%T}t\t%{X-Client-IP}o\t"%{User-agent}i"`,
 //!   byte for byte, always six tab-separated fields on one line.
-//! - `json`: the event the EventLogging processor would emit from that line.
+//! - `json`: the event the EventLogging processor would emit from that line,
+//!   except that beacond's metadata (`recvFrom`, `seqId`, `dt`, `ip`,
+//!   `userAgent`, `uuid`) always wins over a capsule field of that name.
 //!
 //! Must never: write a raw control character of the user agent into a
 //! varnishkafka line, emit invalid JSON in the json format, or allocate per
 //! beacon (buffers are reused; the uuid name is built in the output buffer).
 
-use std::borrow::Cow;
 use std::fmt;
 use std::io::Write as _;
 
@@ -21,7 +22,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::decode::RejectReason;
+use crate::decode::{AttestedField, Key, RejectReason};
 use crate::meta::BeaconMeta;
 
 /// How an accepted beacon is written to the main topic.
@@ -241,94 +242,49 @@ fn push_hex_escape(b: u8, out: &mut Vec<u8>) {
     out.extend_from_slice(&[b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]);
 }
 
-/// The metadata keys of the json format. A capsule member with one of these
-/// names wins over ours, as in the processor (`uuid` excepted: it is always
-/// computed, from the values that won).
-const OWN_KEYS: [&str; 5] = ["recvFrom", "seqId", "dt", "ip", "userAgent"];
-
+/// The json format: the capsule's members, except the [`AttestedField`]s
+/// (a client must not set what beacond vouches for; the intake counted
+/// them), then beacond's `recvFrom`, `seqId`, `dt`, `ip`, `userAgent` and
+/// `uuid`. Each key appears once.
 fn write_json(capsule: &str, meta: &BeaconMeta<'_>, out: &mut Vec<u8>) {
     let start = out.len();
     out.push(b'{');
-    let mut overrides: [Option<&RawValue>; 5] = [None; 5];
-    let copied = serde_json::Deserializer::from_str(capsule).deserialize_map(MemberCopier {
-        out,
-        overrides: &mut overrides,
-    });
+    let copied = serde_json::Deserializer::from_str(capsule).deserialize_map(MemberCopier { out });
     if copied.is_err() {
         // Unreachable for text `decode_beacon` accepted; keep the line valid
         // JSON anyway by dropping the capsule's members.
         out.truncate(start + 1);
-        overrides = [None; 5];
     }
-    let mut first = out.len() == start + 1;
-    let mut key = |out: &mut Vec<u8>, k: &str| {
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        out.push(b'"');
-        out.extend_from_slice(k.as_bytes());
-        out.extend_from_slice(b"\":");
-    };
-    let seq = meta.seq.unwrap_or(0);
-    let dt = meta.received.formatted();
-    if overrides[0].is_none() {
-        key(out, "recvFrom");
-        write_json_string(meta.hostname.as_bytes(), out);
+    if out.len() > start + 1 {
+        out.push(b',');
     }
-    if overrides[1].is_none() {
-        key(out, "seqId");
-        out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-    }
-    if overrides[2].is_none() {
-        key(out, "dt");
-        out.push(b'"');
-        out.extend_from_slice(&dt);
-        out.extend_from_slice(b"Z\"");
-    }
-    if overrides[3].is_none() {
-        key(out, "ip");
-        let _ = write!(out, "\"{}\"", meta.client_ip);
-    }
-    if overrides[4].is_none() {
-        key(out, "userAgent");
-        write_json_string(meta.user_agent, out);
-    }
-    key(out, "uuid");
-    out.push(b'"');
-    push_processor_uuid(overrides[0], overrides[1], overrides[2], meta, out);
+    out.extend_from_slice(b"\"recvFrom\":");
+    write_json_string(meta.hostname.as_bytes(), out);
+    out.extend_from_slice(b",\"seqId\":");
+    out.extend_from_slice(itoa::Buffer::new().format(meta.seq.unwrap_or(0)).as_bytes());
+    out.extend_from_slice(b",\"dt\":\"");
+    out.extend_from_slice(&meta.received.formatted());
+    let _ = write!(out, "Z\",\"ip\":\"{}\",\"userAgent\":", meta.client_ip);
+    write_json_string(meta.user_agent, out);
+    out.extend_from_slice(b",\"uuid\":\"");
+    push_processor_uuid(meta, out);
     out.extend_from_slice(b"\"}");
 }
 
 /// Appends the EventLogging processor's uuid of a beacon, as 32 lowercase hex
 /// digits (`'%032x' % uuid5(NAMESPACE_URL, 'event://{recvFrom}/?seqId={seqId}&dt={dt}')`),
-/// `dt` being `YYYY-MM-DDTHH:MM:SSZ`. Each part is the capsule's value when it
-/// has one (rendered as Python's `%s` would), else ours from `meta`. Shared
-/// by the json format and the converted Event Platform event; the name is
-/// built in `out` and replaced by the hex, so nothing is allocated.
-pub fn push_processor_uuid(
-    recv_from: Option<&RawValue>,
-    seq_id: Option<&RawValue>,
-    dt: Option<&RawValue>,
-    meta: &BeaconMeta<'_>,
-    out: &mut Vec<u8>,
-) {
+/// `dt` being `YYYY-MM-DDTHH:MM:SSZ`, every part beacond's own (from `meta`).
+/// Shared by the json format and the converted Event Platform event; the
+/// name is built in `out` and replaced by the hex, so nothing is allocated.
+pub fn push_processor_uuid(meta: &BeaconMeta<'_>, out: &mut Vec<u8>) {
     let name_start = out.len();
     out.extend_from_slice(b"event://");
-    push_uuid_part(recv_from, meta.hostname.as_bytes(), out);
+    out.extend_from_slice(meta.hostname.as_bytes());
     out.extend_from_slice(b"/?seqId=");
-    match seq_id {
-        Some(v) => push_uuid_part(Some(v), b"", out),
-        None => out.extend_from_slice(itoa::Buffer::new().format(meta.seq.unwrap_or(0)).as_bytes()),
-    }
+    out.extend_from_slice(itoa::Buffer::new().format(meta.seq.unwrap_or(0)).as_bytes());
     out.extend_from_slice(b"&dt=");
-    match dt {
-        Some(v) => push_uuid_part(Some(v), b"", out),
-        None => {
-            out.extend_from_slice(&meta.received.formatted());
-            out.push(b'Z');
-        }
-    }
+    out.extend_from_slice(&meta.received.formatted());
+    out.push(b'Z');
     let uuid = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, &out[name_start..]);
     out.truncate(name_start);
     out.extend_from_slice(
@@ -338,26 +294,12 @@ pub fn push_processor_uuid(
     );
 }
 
-/// A value as Python's `%s` would render it in the uuid name: a JSON string's
-/// contents, otherwise the JSON text.
-fn push_uuid_part(value: Option<&RawValue>, default: &[u8], out: &mut Vec<u8>) {
-    match value {
-        None => out.extend_from_slice(default),
-        Some(raw) => match serde_json::from_str::<Cow<'_, str>>(raw.get()) {
-            Ok(s) => out.extend_from_slice(s.as_bytes()),
-            Err(_) => out.extend_from_slice(raw.get().as_bytes()),
-        },
-    }
-}
-
-/// Copies the capsule's members into the output, skipping `uuid` and noting
-/// the ones that override our metadata.
-struct MemberCopier<'o, 'c> {
+/// Copies the capsule's members into the output, skipping the attested ones.
+struct MemberCopier<'o> {
     out: &'o mut Vec<u8>,
-    overrides: &'o mut [Option<&'c RawValue>; 5],
 }
 
-impl<'de: 'c, 'c> Visitor<'de> for MemberCopier<'_, 'c> {
+impl<'de> Visitor<'de> for MemberCopier<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -366,13 +308,10 @@ impl<'de: 'c, 'c> Visitor<'de> for MemberCopier<'_, 'c> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut first = true;
-        while let Some(key) = map.next_key::<BorrowedKey<'de>>()? {
+        while let Some(key) = map.next_key::<Key<'de>>()? {
             let value: &'de RawValue = map.next_value()?;
-            if key.0 == "uuid" {
+            if AttestedField::of_key(&key.0).is_some() {
                 continue;
-            }
-            if let Some(i) = OWN_KEYS.iter().position(|k| *k == key.0) {
-                self.overrides[i] = Some(value);
             }
             if !first {
                 self.out.push(b',');
@@ -383,28 +322,6 @@ impl<'de: 'c, 'c> Visitor<'de> for MemberCopier<'_, 'c> {
             self.out.extend_from_slice(value.get().as_bytes());
         }
         Ok(())
-    }
-}
-
-/// A map key, borrowed from the input when it has no escapes.
-struct BorrowedKey<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for BorrowedKey<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = BorrowedKey<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string key")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(BorrowedKey(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(BorrowedKey(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(KeyVisitor)
     }
 }
 
@@ -526,23 +443,31 @@ mod tests {
     const PYTHON_UUID: &str = "2fa91094e39f53e7822272dcc54a432d";
 
     #[test]
-    fn json_capsule_fields_win_and_uuid_follows_them() {
-        let capsule = r#"{"recvFrom":"other.host","uuid":"forged","ev\"k":"v","seqId":7}"#;
+    fn json_attested_fields_are_beacond_s_own() {
+        // Issue 12, fault 7: a capsule must not set what beacond attests.
+        let capsule = r#"{"recvFrom":"other.host","uuid":"forged","ev\"k":"v","seqId":7,"ip":"6.6.6.6","dt":"1999-01-01T00:00:00Z","userAgent":"forged","event":{"ip":"kept"}}"#;
         let m = meta(b"ua", "203.0.113.9");
         let got = line(OutputFormat::Json, "", capsule, &m);
+        let text = String::from_utf8(got.clone()).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&got).unwrap();
-        assert_eq!(v["recvFrom"], "other.host");
-        assert_eq!(v["seqId"], 7);
+        assert_eq!(v["recvFrom"], "cp3050.esams.wmnet");
+        assert_eq!(v["seqId"], 12345);
+        assert_eq!(v["ip"], "203.0.113.9");
+        assert_eq!(v["dt"], "2026-11-28T23:27:14Z");
+        assert_eq!(v["userAgent"], "ua");
+        assert_eq!(v["uuid"], PYTHON_UUID);
         assert_eq!(v["ev\"k"], "v");
-        let expected = uuid::Uuid::new_v5(
-            &uuid::Uuid::NAMESPACE_URL,
-            b"event://other.host/?seqId=7&dt=2026-11-28T23:27:14Z",
-        );
-        assert_eq!(v["uuid"], expected.simple().to_string());
-        // Exactly one uuid key.
-        assert_eq!(
-            String::from_utf8(got).unwrap().matches("\"uuid\"").count(),
-            1
+        // Event data is not metadata: a nested `ip` passes.
+        assert_eq!(v["event"]["ip"], "kept");
+        for key in ["recvFrom", "seqId", "dt", "ip", "userAgent", "uuid"] {
+            assert_eq!(
+                text.matches(&format!("\"{key}\":")).count(),
+                1 + usize::from(key == "ip"),
+                "{key}: {text}"
+            );
+        }
+        assert!(
+            !text.contains("forged") && !text.contains("6.6.6.6") && !text.contains("other.host")
         );
     }
 
@@ -610,7 +535,82 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
+        /// Counts an object's members, duplicates included.
+        struct CountKeys;
+
+        impl<'de> Visitor<'de> for CountKeys {
+            type Value = usize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+                let mut n = 0;
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {
+                    n += 1;
+                }
+                Ok(n)
+            }
+        }
+
+        fn member() -> impl Strategy<Value = (String, serde_json::Value)> {
+            (
+                prop_oneof![
+                    prop::sample::select(vec![
+                        "ip",
+                        "dt",
+                        "uuid",
+                        "seqId",
+                        "recvFrom",
+                        "userAgent",
+                        "event",
+                        "schema"
+                    ])
+                    .prop_map(str::to_owned),
+                    any::<String>(),
+                ],
+                prop_oneof![
+                    any::<String>().prop_map(serde_json::Value::String),
+                    any::<i64>().prop_map(serde_json::Value::from),
+                    Just(serde_json::json!({"ip": "6.6.6.6"})),
+                ],
+            )
+        }
+
         proptest! {
+            /// Whatever a capsule's top-level members, the json line is one
+            /// object with each of beacond's keys once, holding beacond's
+            /// value, and every other member of the capsule unchanged.
+            #[test]
+            fn json_keeps_event_data_and_attests_its_own(
+                members in prop::collection::btree_map(member().prop_map(|(k, _)| k), member().prop_map(|(_, v)| v), 0..8),
+                ua in ".{0,20}",
+            ) {
+                let capsule = serde_json::to_string(&members).unwrap();
+                let m = meta(ua.as_bytes(), "203.0.113.9");
+                let got = line(OutputFormat::Json, "", &capsule, &m);
+                let v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&got).unwrap();
+                prop_assert_eq!(&v["recvFrom"], "cp3050.esams.wmnet");
+                prop_assert_eq!(&v["seqId"], 12345);
+                prop_assert_eq!(&v["dt"], "2026-11-28T23:27:14Z");
+                prop_assert_eq!(&v["ip"], "203.0.113.9");
+                prop_assert_eq!(&v["userAgent"], ua.as_str());
+                prop_assert_eq!(&v["uuid"], PYTHON_UUID);
+                for (k, value) in &members {
+                    if AttestedField::of_key(k).is_none() {
+                        prop_assert_eq!(&v[k], value);
+                    }
+                }
+                let ours = members.keys().filter(|k| AttestedField::of_key(k).is_some()).count();
+                prop_assert_eq!(v.len(), members.len() - ours + 6);
+                // No key twice in the text either (a map would hide it).
+                let mut de = serde_json::Deserializer::from_slice(&got);
+                let count = serde::de::Deserializer::deserialize_map(&mut de, CountKeys).unwrap();
+                prop_assert_eq!(count, v.len());
+            }
+
             #[test]
             fn any_user_agent_gives_a_well_formed_line(ua in prop::collection::vec(any::<u8>(), 0..300)) {
                 let m = meta(&ua, "203.0.113.9");

@@ -12,9 +12,13 @@
 //! downstream deduplication works as with the processor; the PHP converter
 //! has no seqId and uses a random uuid4), `http.request_headers.user-agent`,
 //! and `http.client_ip` (the trusted-proxy rule's address) where the schema
-//! has that field. The capsule's own fields are kept and win, as in the
-//! processor (for `meta` and `http`, member by member); `uuid` is always
-//! computed, from the `recvFrom`, `seqId` and `dt` that won.
+//! has that field. The capsule's other fields are kept (for `meta` and
+//! `http`, member by member), but beacond's own fields win: a capsule's
+//! `$schema`, `dt`, `client_dt`, `recvFrom`, `seqId`, `uuid`, `meta.stream`,
+//! `http.request_headers.user-agent` or `http.client_ip` is replaced (or
+//! removed, when beacond has no value for it), and its top-level `ip` and
+//! `userAgent` are removed: what the collector vouches for is never the
+//! client's to say (the intake counts capsules that try, by field).
 //!
 //! What comes after (stream check, fill-ins, validation, topic routing, error
 //! events) is [`crate::validation::EventValidator::check`]'s, as for
@@ -118,62 +122,71 @@ pub fn convert(
     target: &LegacyTarget,
     meta: &BeaconMeta<'_>,
 ) -> Value {
-    // The uuid first, from the capsule's recvFrom/seqId/dt where it has them.
-    let raw = |key: &str| {
-        capsule
-            .get(key)
-            .and_then(|v| serde_json::value::to_raw_value(v).ok())
-    };
-    let (recv_from, seq_id, dt) = (raw("recvFrom"), raw("seqId"), raw("dt"));
     let mut uuid = Vec::with_capacity(32);
-    crate::format::push_processor_uuid(
-        recv_from.as_deref(),
-        seq_id.as_deref(),
-        dt.as_deref(),
-        meta,
-        &mut uuid,
-    );
+    crate::format::push_processor_uuid(meta, &mut uuid);
     let uuid = String::from_utf8_lossy(&uuid).into_owned();
 
     let mut dt = String::with_capacity(24);
     dt.push_str(&String::from_utf8_lossy(&meta.received.formatted()));
     dt.push_str(&format!(".{:03}Z", meta.received.millis()));
 
-    let mut ours = |key: &str, value: Value| {
-        capsule.entry(key).or_insert(value);
-    };
-    ours("$schema", Value::String(target.schema_uri.clone()));
-    ours("dt", Value::String(dt.clone()));
-    ours("client_dt", Value::String(dt));
-    ours("recvFrom", Value::String(meta.hostname.to_owned()));
-    ours("seqId", Value::from(meta.seq.unwrap_or(0)));
+    // Attested metadata the event has no top-level place for.
+    capsule.remove("ip");
+    capsule.remove("userAgent");
+    capsule.insert("$schema".into(), Value::String(target.schema_uri.clone()));
+    capsule.insert("dt".into(), Value::String(dt.clone()));
+    capsule.insert("client_dt".into(), Value::String(dt));
+    capsule.insert("recvFrom".into(), Value::String(meta.hostname.to_owned()));
+    capsule.insert("seqId".into(), Value::from(meta.seq.unwrap_or(0)));
     capsule.insert("uuid".into(), Value::String(uuid));
 
     let meta_obj = capsule
         .entry("meta")
         .or_insert_with(|| Value::Object(Map::new()));
-    if let Value::Object(m) = meta_obj {
-        m.entry("stream")
-            .or_insert_with(|| Value::String(target.stream.clone()));
+    match meta_obj {
+        Value::Object(m) => {
+            m.insert("stream".into(), Value::String(target.stream.clone()));
+        }
+        // Not an object: ours replaces it whole (it could not carry a stream).
+        other => {
+            let mut m = Map::new();
+            m.insert("stream".into(), Value::String(target.stream.clone()));
+            *other = Value::Object(m);
+        }
     }
     let user_agent = (!meta.user_agent.is_empty())
         .then(|| String::from_utf8_lossy(meta.user_agent).into_owned());
+    if let Some(Value::Object(http)) = capsule.get_mut("http") {
+        // The client's claims about its own request are not kept.
+        http.remove("client_ip");
+        if let Some(Value::Object(headers)) = http.get_mut("request_headers") {
+            headers.remove("user-agent");
+        }
+    }
     if user_agent.is_some() || target.client_ip_field {
         let http = capsule
             .entry("http")
             .or_insert_with(|| Value::Object(Map::new()));
+        if !http.is_object() {
+            *http = Value::Object(Map::new());
+        }
         if let Value::Object(http) = http {
             if let Some(ua) = user_agent {
                 let headers = http
                     .entry("request_headers")
                     .or_insert_with(|| Value::Object(Map::new()));
+                if !headers.is_object() {
+                    *headers = Value::Object(Map::new());
+                }
                 if let Value::Object(headers) = headers {
-                    headers.entry("user-agent").or_insert(Value::String(ua));
+                    headers.insert("user-agent".into(), Value::String(ua));
                 }
             }
             if target.client_ip_field {
-                http.entry("client_ip")
-                    .or_insert_with(|| Value::String(meta.client_ip.to_string()));
+                http.insert(
+                    "client_ip".into(),
+                    Value::String(meta.client_ip.to_string()),
+                );
             }
         }
     }

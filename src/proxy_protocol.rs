@@ -5,9 +5,13 @@
 //! Owns the trust rule for that header. With `http.proxy_protocol = true`:
 //!
 //! - a peer in `client_ip.trusted_proxies` must send a header; its source
-//!   address becomes the connection's peer (for `LOCAL` connections, the
-//!   balancer's own health checks, and `UNKNOWN`/unix addresses, the TCP peer
-//!   stays). A missing or malformed header closes the connection;
+//!   address becomes the connection's peer. A header that names no source
+//!   (v2 `LOCAL`, the balancer's own health checks; v1 `UNKNOWN`, v2
+//!   `AF_UNSPEC` or `AF_UNIX`: client unknown) keeps the TCP peer, the
+//!   balancer, and marks the connection [`PeerOrigin::Unnamed`]: no
+//!   forwarding header on it is believed (the client could have written one
+//!   to pick its own address and rate-limit key). A missing or malformed
+//!   header closes the connection;
 //! - any other peer is served as a direct client, unless it sends a PROXY
 //!   header, which closes the connection: only our balancers may say who the
 //!   client is.
@@ -28,6 +32,8 @@ use std::time::Duration;
 use ppp::v2::{Addresses as V2Addresses, Command};
 use ppp::PartialResult;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+pub use crate::client_ip::PeerOrigin;
 
 /// The longest header accepted: a v1 header is at most 107 bytes, a v2
 /// header 16 plus its addresses and TLVs (balancers add a few dozen bytes).
@@ -174,6 +180,10 @@ impl ProxyError {
 pub struct Accepted<S> {
     /// The client: the header's source, or the TCP peer.
     pub peer: SocketAddr,
+    /// [`PeerOrigin::Unnamed`] when a trusted peer's header named no source:
+    /// the listener puts it on each request as an extension, and no
+    /// forwarding header of the connection is believed.
+    pub origin: PeerOrigin,
     /// The stream, with any bytes read past the header put back in front.
     pub stream: Prefixed<S>,
 }
@@ -224,8 +234,15 @@ where
         .map_err(|_| ProxyError::Timeout)??;
     buf.drain(..len);
     buf.shrink_to_fit();
+    // A trusted peer's header without a source: the peer is the balancer,
+    // and it vouches for nobody on this connection.
+    let origin = match (trusted, source) {
+        (true, None) => PeerOrigin::Unnamed,
+        _ => PeerOrigin::Named,
+    };
     Ok(Accepted {
         peer: source.unwrap_or(peer),
+        origin,
         stream: Prefixed::new(buf, stream),
     })
 }
@@ -417,6 +434,15 @@ mod tests {
     }
 
     async fn run(input: &[u8], trusted: bool) -> Result<(SocketAddr, Vec<u8>), ProxyError> {
+        run_with_origin(input, trusted)
+            .await
+            .map(|(peer, _, rest)| (peer, rest))
+    }
+
+    async fn run_with_origin(
+        input: &[u8],
+        trusted: bool,
+    ) -> Result<(SocketAddr, PeerOrigin, Vec<u8>), ProxyError> {
         let (mut client, server) = tokio::io::duplex(8192);
         tokio::io::AsyncWriteExt::write_all(&mut client, input)
             .await
@@ -427,7 +453,53 @@ mod tests {
         let mut rest = Vec::new();
         let mut s = a.stream;
         s.read_to_end(&mut rest).await.unwrap();
-        Ok((a.peer, rest))
+        Ok((a.peer, a.origin, rest))
+    }
+
+    #[tokio::test]
+    async fn a_header_without_a_source_leaves_the_client_unnamed() {
+        let unix = Builder::with_addresses(
+            ppp::v2::Version::Two | Command::Proxy,
+            Protocol::Stream,
+            ppp::v2::Unix::new([1; 108], [2; 108]),
+        )
+        .build()
+        .unwrap();
+        let unspec = Builder::with_addresses(
+            ppp::v2::Version::Two | Command::Proxy,
+            Protocol::Unspecified,
+            V2Addresses::Unspecified,
+        )
+        .build()
+        .unwrap();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("v1 unknown", b"PROXY UNKNOWN\r\n".to_vec()),
+            (
+                "v1 unknown with addresses",
+                b"PROXY UNKNOWN 1.2.3.4 5.6.7.8 1 2\r\n".to_vec(),
+            ),
+            ("v2 local", v2(Command::Local, "6.6.6.6:1", "10.0.0.2:2")),
+            ("v2 af_unix", unix),
+            ("v2 af_unspec", unspec),
+        ];
+        for (name, mut h) in cases {
+            h.extend_from_slice(b"GET /");
+            let (peer, origin, rest) = run_with_origin(&h, true).await.unwrap();
+            assert_eq!(peer, sa("10.0.0.1:5555"), "{name}");
+            assert_eq!(origin, PeerOrigin::Unnamed, "{name}");
+            assert_eq!(rest, b"GET /", "{name}");
+        }
+        // Named sources, and plain HTTP from an untrusted peer, are named.
+        let h = v2(Command::Proxy, "198.51.100.3:1234", "192.0.2.1:80");
+        assert_eq!(
+            run_with_origin(&h, true).await.unwrap().1,
+            PeerOrigin::Named
+        );
+        let plain = b"GET / HTTP/1.1\r\n\r\n";
+        assert_eq!(
+            run_with_origin(plain, false).await.unwrap().1,
+            PeerOrigin::Named
+        );
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! The client address at the edge, over real sockets: PROXY protocol v1 and
 //! v2 from a trusted balancer set it; from an untrusted peer, or malformed,
 //! missing or slow, the connection is refused; a forged `X-Forwarded-For`
-//! from an untrusted peer never sets it. Tests that read the address back
+//! from an untrusted peer never sets it, nor on a connection whose PROXY
+//! header named no client. Tests that read the address back
 //! from Kafka need a broker (`BEACOND_TEST_BROKERS`).
 
 mod common;
@@ -122,7 +123,10 @@ async fn proxy_v1_and_v2_from_a_trusted_peer_set_the_client_ip() {
         ("v1-forged-xff", v1("203.0.113.10:5", &dst), "203.0.113.10"),
     ];
     for (id, header, _) in &cases {
-        let extra = if *id == "v1-forged-xff" {
+        // v1-forged-xff: the header's client is not a trusted proxy; local
+        // and unknown: the balancer named no client, so it vouches for no
+        // forwarding header on the connection.
+        let extra = if matches!(*id, "v1-forged-xff" | "v2-local" | "v1-unknown") {
             "X-Forwarded-For: 6.6.6.6\r\n"
         } else {
             ""
@@ -161,6 +165,70 @@ async fn proxy_v1_and_v2_from_a_trusted_peer_set_the_client_ip() {
             0.0
         );
     }
+    svc.stop().await;
+}
+
+fn v2_unnamed(addresses: ppp::v2::Addresses, protocol: Protocol) -> Vec<u8> {
+    Builder::with_addresses(Version::Two | Command::Proxy, protocol, addresses)
+        .build()
+        .unwrap()
+}
+
+/// Fault 6 of issue 12: a trusted balancer's PROXY header without a source
+/// address (v1 UNKNOWN, v2 LOCAL, AF_UNSPEC, AF_UNIX) followed by a client's
+/// `X-Forwarded-For` let the client pick its address and rate-limit key.
+/// Observed without a broker through the per-client rate limit (1/s, burst
+/// 1): believed, every distinct forged address has its own fresh bucket and
+/// every beacon is 204; not believed, they all share the balancer's bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_header_without_a_source_makes_no_forwarding_header_believed() {
+    let mut config = proxy_config("127.0.0.1:9", "unreachable", "127.0.0.1/32");
+    config.shutdown.flush_timeout_seconds = 0;
+    config.rate_limit.per_client_per_second = 1;
+    config.rate_limit.per_client_burst = 1;
+    let svc = Running::start(config).await;
+    let dst = format!("127.0.0.1:{}", svc.beacon.port());
+
+    // Control: named sources are distinct clients, each with its own bucket.
+    for i in 1..=3 {
+        let mut bytes = v1(&format!("203.0.113.{i}:4711"), &dst);
+        bytes.extend_from_slice(&beacon("named", "X-Forwarded-For: 6.6.6.6\r\n"));
+        assert_eq!(send(svc.beacon, &bytes).await, Some(204), "named {i}");
+    }
+
+    let unix = ppp::v2::Unix::new([1; 108], [2; 108]).into();
+    let kinds: Vec<(&str, Vec<u8>)> = vec![
+        ("v1-unknown", b"PROXY UNKNOWN\r\n".to_vec()),
+        ("v2-local", v2(Command::Local, "10.0.0.1:1", "10.0.0.2:2")),
+        (
+            "v2-af-unspec",
+            v2_unnamed(ppp::v2::Addresses::Unspecified, Protocol::Unspecified),
+        ),
+        ("v2-af-unix", v2_unnamed(unix, Protocol::Stream)),
+    ];
+    let mut n = 0;
+    for (kind, header) in &kinds {
+        let mut statuses = Vec::new();
+        for _ in 0..2 {
+            n += 1;
+            let xff = format!("X-Forwarded-For: 6.6.{n}.6\r\n");
+            let mut bytes = header.clone();
+            bytes.extend_from_slice(&beacon(kind, &xff));
+            statuses.push(send(svc.beacon, &bytes).await);
+        }
+        // All of them share one bucket (the balancer's): of two beacons sent
+        // back to back at least one is over the limit.
+        assert!(
+            statuses.contains(&Some(429)),
+            "{kind}: {statuses:?}: the client's X-Forwarded-For chose the rate-limit key"
+        );
+        assert!(
+            statuses.iter().all(|s| matches!(s, Some(204 | 429))),
+            "{kind}: {statuses:?}"
+        );
+    }
+    let m = svc.metrics().await;
+    assert!(m.get("beacond_beacons_rate_limited_total{limit=\"client\"}") >= 4.0);
     svc.stop().await;
 }
 

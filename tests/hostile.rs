@@ -229,3 +229,82 @@ async fn keep_alive_serves_many_requests_on_one_connection() {
     assert_eq!(m.get("beacond_connections_accepted_total"), 1.0);
     svc.stop().await;
 }
+
+/// Polls the metrics until `check` holds, or fails after 10 s.
+async fn metrics_until(svc: &Running, what: &str, check: impl Fn(&Metrics) -> bool) -> Metrics {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = svc.metrics().await;
+        if check(&m) {
+            return m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not seen in 10 s: {m:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 12, fault 5 (bodies): a client that disconnects mid-body is not a
+/// 413, nor is a malformed chunked body; each has its reason, on both the
+/// beacon route (the POST drain) and the events route (the body read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_cut_short_or_malformed_are_told_from_bodies_too_large() {
+    let mut config = events_config("127.0.0.1:9", "hostile.");
+    config.shutdown.flush_timeout_seconds = 0;
+    let svc = Running::start(config).await;
+    let beacon_head = "POST /beacon/event?%7B%7D HTTP/1.1\r\nHost: x\r\n";
+    let events_head = "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n";
+    for head in [beacon_head, events_head] {
+        // Malformed chunked encoding: 400 and closed, not 413.
+        let raw = format!("{head}Transfer-Encoding: chunked\r\n\r\nzz\r\n{{}}\r\n0\r\n\r\n");
+        let r = raw_request(svc.beacon, raw.as_bytes())
+            .await
+            .expect("answered");
+        assert_eq!(r.status, 400, "{head}: {}", r.body_text());
+        assert_eq!(r.header("connection"), Some("close"), "{head}");
+        // The client goes away mid-body (announced 100 bytes, sent 5).
+        let mut s = TcpStream::connect(svc.beacon).await.unwrap();
+        s.write_all(format!("{head}Content-Length: 100\r\n\r\nhello").as_bytes())
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(5), read_response(&mut s)).await
+        {
+            assert_ne!(r.status, 413, "{head}");
+        }
+        drop(s);
+        // Same, chunked: one chunk, then gone.
+        let mut s = TcpStream::connect(svc.beacon).await.unwrap();
+        s.write_all(format!("{head}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").as_bytes())
+            .await
+            .unwrap();
+        drop(s);
+    }
+    let beacons =
+        |m: &Metrics, r: &str| m.get(&format!("beacond_beacons_rejected_total{{reason=\"{r}\"}}"));
+    let events = |m: &Metrics, r: &str| {
+        m.get(&format!(
+            "beacond_event_requests_rejected_total{{reason=\"{r}\"}}"
+        ))
+    };
+    let m = metrics_until(&svc, "both disconnects counted", |m| {
+        beacons(m, "body_incomplete") >= 2.0 && events(m, "body_incomplete") >= 2.0
+    })
+    .await;
+    assert_eq!(beacons(&m, "body_incomplete"), 2.0);
+    assert_eq!(beacons(&m, "body_malformed"), 1.0);
+    assert_eq!(beacons(&m, "body_too_large"), 0.0);
+    assert_eq!(events(&m, "body_incomplete"), 2.0);
+    assert_eq!(events(&m, "body_malformed"), 1.0);
+    assert_eq!(events(&m, "body_too_large"), 0.0);
+    // A body over the limit is still a 413.
+    let raw = format!("{beacon_head}Content-Length: {}\r\n\r\n", 1 << 20);
+    let r = raw_request(svc.beacon, raw.as_bytes())
+        .await
+        .expect("answered");
+    assert_eq!(r.status, 413);
+    assert_still_serving(&svc).await;
+    svc.stop().await;
+}

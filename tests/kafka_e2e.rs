@@ -317,3 +317,66 @@ async fn json_format_with_client_ip_keys() {
     assert_eq!(v["uuid"], uuid.simple().to_string());
     svc.stop().await;
 }
+
+/// Issue 12, fault 7, end to end: a capsule forging what beacond attests
+/// (with `privacy.anonymize_ip` on) reaches Kafka with beacond's values; a
+/// capsule with a key twice is refused before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a broker"]
+async fn json_format_attested_fields_are_beacond_s_own() {
+    let brokers = require_broker();
+    let topic = unique_topic("e2e-json-attested");
+    create_topic(&brokers, &topic, 1).await;
+    let mut config = test_config(&brokers, &topic);
+    config.output.format = beacond::format::OutputFormat::Json.into();
+    config.privacy.anonymize_ip = true;
+    let svc = Running::start(config).await;
+    svc.wait_ready().await;
+    let forged = r#"{"event":{"ip":"kept"},"schema":"T","ip":"6.6.6.6","recvFrom":"evil","seqId":-1,"dt":"1999-01-01T00:00:00Z","userAgent":"forged","uuid":"forged"}"#;
+    let r = get(
+        svc.beacon,
+        &format!("/beacon/event?{};", js_encode(forged)),
+        &[("User-Agent", "real")],
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let twice = r#"{"schema":"T","ip":"6.6.6.6","ip":"7.7.7.7"}"#;
+    let r = get(
+        svc.beacon,
+        &format!("/beacon/event?{};", js_encode(twice)),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let got = consume(
+        &brokers,
+        &topic,
+        1,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    );
+    assert_eq!(got.len(), 1);
+    let text = String::from_utf8(got[0].payload.clone()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["ip"], "127.0.0.0", "{text}");
+    assert_eq!(v["recvFrom"], "test-host");
+    assert_eq!(v["userAgent"], "real");
+    assert_eq!(v["event"]["ip"], "kept");
+    assert!(v["seqId"].as_u64().is_some());
+    assert!(!text.contains("forged") && !text.contains("6.6.6.6") && !text.contains("1999"));
+    let m = svc.metrics().await;
+    for field in ["ip", "recv_from", "seq_id", "dt", "user_agent", "uuid"] {
+        assert_eq!(
+            m.get(&format!(
+                "beacond_beacons_attested_fields_total{{field=\"{field}\"}}"
+            )),
+            1.0,
+            "{field}"
+        );
+    }
+    assert_eq!(
+        m.get("beacond_beacons_rejected_total{reason=\"duplicate_key\"}"),
+        1.0
+    );
+    svc.stop().await;
+}

@@ -1,13 +1,15 @@
 //! Client-IP resolution: never panics; an untrusted peer is always the
 //! client; the result is canonical (no IPv4-mapped IPv6); entries a client
 //! writes to the left of the chosen address never change it; a new untrusted
-//! hop appended by a trusted proxy becomes the client.
+//! hop appended by a trusted proxy becomes the client; a peer whose PROXY
+//! header named no client (`PeerOrigin::Unnamed`) is the client, whatever
+//! the header says.
 #![no_main]
 
 use std::net::{IpAddr, Ipv6Addr};
 
 use arbitrary::Arbitrary;
-use beacond::client_ip::ClientIpResolver;
+use beacond::client_ip::{ClientIpResolver, PeerOrigin};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
@@ -75,6 +77,11 @@ fuzz_target!(|input: Input| {
         return;
     };
     let peer = input.peer.to_canonical();
+    assert_eq!(
+        resolver.resolve_from(PeerOrigin::Unnamed, input.peer, &h),
+        peer,
+        "header believed on a connection whose PROXY header named no client"
+    );
     let client = resolver.resolve(input.peer, &h);
     assert_eq!(client, client.to_canonical(), "not canonical");
     if !is_trusted(peer) {

@@ -1,9 +1,11 @@
 //! Query decoding and validation: never panics; what it accepts is one JSON
 //! object, within the size limit, that a browser's encoding of the decoded
-//! text gives back unchanged; what it refuses is a 4xx.
+//! text gives back unchanged, whose top-level keys are distinct and whose
+//! attested fields are those a parsed map has; a duplicate key is refused as
+//! such; what it refuses is a 4xx.
 #![no_main]
 
-use beacond::decode::{decode_beacon, RejectReason};
+use beacond::decode::{decode_beacon, AttestedField, RejectReason};
 use beacond::testing::encode_uri_component;
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
@@ -16,8 +18,23 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut buf = Vec::new();
     match decode_beacon(query, MAX_QUERY_BYTES, &mut buf) {
-        Ok(text) => {
-            assert!(query.len() <= MAX_QUERY_BYTES);
+        Ok(capsule) => {
+            let text = capsule.text;
+            // Distinct keys, and the attested fields are those among them.
+            // (Keys read with values skipped: `1e999` is valid JSON a tree
+            // of `f64`s refuses.)
+            let mut keys = top_level_keys(text);
+            for f in AttestedField::ALL {
+                assert_eq!(
+                    capsule.attested.contains(f),
+                    keys.iter().any(|k| k == f.as_str()),
+                    "{f:?} in {text:?}"
+                );
+            }
+            let n = keys.len();
+            keys.sort();
+            keys.dedup();
+            assert_eq!(keys.len(), n, "duplicate kept: {text:?}");
             assert!(
                 serde_json::from_str::<&RawValue>(text).is_ok(),
                 "accepted text is not JSON: {text:?}"
@@ -32,7 +49,21 @@ fuzz_target!(|data: &[u8]| {
             let mut again = Vec::new();
             let decoded = decode_beacon(&encoded, usize::MAX, &mut again)
                 .unwrap_or_else(|r| panic!("re-encoded {text:?} refused: {r:?}"));
-            assert_eq!(decoded, text);
+            assert_eq!(decoded.text, text);
+        }
+        Err(RejectReason::DuplicateKey) => {
+            // The buffer holds the decoded text: valid JSON, an object with
+            // a key twice.
+            let decoded = std::str::from_utf8(&buf).expect("decoded text is UTF-8");
+            assert!(
+                serde_json::from_str::<&RawValue>(decoded).is_ok(),
+                "{decoded:?}"
+            );
+            let mut keys = top_level_keys(decoded);
+            let n = keys.len();
+            keys.sort();
+            keys.dedup();
+            assert!(keys.len() < n, "no duplicate in {decoded:?}");
         }
         Err(RejectReason::QueryTooLong) => assert!(query.len() > MAX_QUERY_BYTES),
         Err(reason) => {
@@ -41,3 +72,26 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// The keys of the top-level object, duplicates included, values skipped.
+fn top_level_keys(text: &str) -> Vec<String> {
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut keys = Vec::new();
+            while let Some((k, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                keys.push(k);
+            }
+            Ok(keys)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde::Deserializer::deserialize_map(&mut de, Keys).expect("an object")
+}

@@ -52,10 +52,14 @@ fuzz_target!(|body: &[u8]| {
     };
     let mut out = Vec::new();
     for event in events.into_iter().take(64) {
-        let schema = event.get("$schema").and_then(Value::as_str).map(str::to_owned);
+        let schema = event
+            .get("$schema")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         match v.check(event, &ctx, &mut out) {
             EventVerdict::Accepted(_) => {
-                let produced: Value = serde_json::from_slice(&out).expect("accepted bytes are JSON");
+                let produced: Value =
+                    serde_json::from_slice(&out).expect("accepted bytes are JSON");
                 let schema = v
                     .schema_repository()
                     .resolve(schema.as_deref().expect("accepted has $schema"), false)

@@ -1,8 +1,10 @@
 //! Line formatting: for any request a browser could send (query as an
 //! `http::Uri` allows, any user agent bytes, any address, time and sequence),
 //! the varnishkafka line has six tab-separated fields on one line, the json
-//! format and the error record are JSON objects, and no message exceeds the
-//! size bound that start-up checks against `message.max.bytes`.
+//! format and the error record are JSON objects, the json format holds each
+//! attested field once with beacond's value (never the capsule's), and no
+//! message exceeds the size bound that start-up checks against
+//! `message.max.bytes`.
 #![no_main]
 
 use std::net::IpAddr;
@@ -56,6 +58,7 @@ fuzz_target!(|input: Input| {
     let mut out = Vec::new();
     match decode_beacon(raw_query, max_query, &mut buf) {
         Ok(capsule) => {
+            let capsule = capsule.text;
             meta.seq = Some(input.seq);
             for format in [OutputFormat::Varnishkafka, OutputFormat::Json] {
                 out.clear();
@@ -76,6 +79,16 @@ fuzz_target!(|input: Input| {
                     }
                     OutputFormat::Json => {
                         assert!(is_json_object(&out), "{}", String::from_utf8_lossy(&out));
+                        // Raw values: `1e999` is valid JSON a tree of
+                        // `f64`s refuses.
+                        let v: std::collections::HashMap<String, &RawValue> =
+                            serde_json::from_slice(&out).expect("json line is an object");
+                        assert_eq!(v["ip"].get(), format!("\"{}\"", input.ip), "ip not ours");
+                        assert_eq!(v["seqId"].get(), input.seq.to_string(), "seqId not ours");
+                        let recv_from: String =
+                            serde_json::from_str(v["recvFrom"].get()).expect("a string");
+                        assert_eq!(recv_from, hostname, "recvFrom not ours");
+                        assert_eq!(top_level_members(&out), v.len(), "a key twice");
                     }
                     OutputFormat::EventPlatform => unreachable!("not a line format"),
                 }
@@ -91,3 +104,26 @@ fuzz_target!(|input: Input| {
         }
     }
 });
+
+/// The members of the top-level object, duplicates included.
+fn top_level_members(bytes: &[u8]) -> usize {
+    struct Count;
+    impl<'de> serde::de::Visitor<'de> for Count {
+        type Value = usize;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+            let mut n = 0;
+            while map
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {
+                n += 1;
+            }
+            Ok(n)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde::Deserializer::deserialize_map(&mut de, Count).expect("an object")
+}

@@ -32,8 +32,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::{
-    empty, overloaded, plain, read_body, spooled, too_many_requests, user_agent, Admission,
-    BodyError, BoxError, ClientGate, RefusalReason,
+    closing, empty, overloaded, plain, read_body, request_peer, spooled, too_many_requests,
+    user_agent, Admission, BodyError, BoxError, ClientGate, RefusalReason,
 };
 use crate::config::Config;
 use crate::metrics::{CounterSet, LabelSet, Metrics};
@@ -59,7 +59,9 @@ pub enum RequestRejection {
     BodyTooLarge,
     BodyTimeout,
     /// The client hung up (or the connection broke) before the body ended.
-    BodyBroken,
+    BodyIncomplete,
+    /// The body's framing is broken (bad chunked encoding).
+    BodyMalformed,
     EmptyBody,
     MalformedJson,
     NotObjectOrArray,
@@ -73,7 +75,8 @@ impl LabelSet for RequestRejection {
         RequestRejection::UnsupportedContentType,
         RequestRejection::BodyTooLarge,
         RequestRejection::BodyTimeout,
-        RequestRejection::BodyBroken,
+        RequestRejection::BodyIncomplete,
+        RequestRejection::BodyMalformed,
         RequestRejection::EmptyBody,
         RequestRejection::MalformedJson,
         RequestRejection::NotObjectOrArray,
@@ -85,7 +88,8 @@ impl LabelSet for RequestRejection {
             RequestRejection::UnsupportedContentType => "unsupported_content_type",
             RequestRejection::BodyTooLarge => "body_too_large",
             RequestRejection::BodyTimeout => "body_timeout",
-            RequestRejection::BodyBroken => "body_broken",
+            RequestRejection::BodyIncomplete => "body_incomplete",
+            RequestRejection::BodyMalformed => "body_malformed",
             RequestRejection::EmptyBody => "empty_body",
             RequestRejection::MalformedJson => "malformed_json",
             RequestRejection::NotObjectOrArray => "not_object_or_array",
@@ -114,7 +118,8 @@ impl RequestRejection {
             }
             RequestRejection::BodyTooLarge => "request body larger than events.max_body_bytes\n",
             RequestRejection::BodyTimeout => "request body not received in time\n",
-            RequestRejection::BodyBroken => "request body cut short\n",
+            RequestRejection::BodyIncomplete => "request body cut short\n",
+            RequestRejection::BodyMalformed => "malformed request body (chunked encoding)\n",
             RequestRejection::EmptyBody => "empty request body: send a JSON object or array\n",
             RequestRejection::MalformedJson => "request body is not valid JSON\n",
             RequestRejection::NotObjectOrArray => {
@@ -505,7 +510,10 @@ impl<S: MessageSink> EventIntake<S> {
         }
         let hasty = is_hasty(parts.uri.query());
         let user_agent = user_agent(&parts.headers);
-        let client_ip = match gate.admit(gate.client_ip(peer.ip(), &parts.headers), user_agent) {
+        let client_ip = match gate.admit(
+            gate.client_ip(request_peer(peer, &parts.extensions), &parts.headers),
+            user_agent,
+        ) {
             Admission::Admitted { client_ip } => client_ip,
             Admission::RateLimited { retry_after_secs } => {
                 return too_many_requests(retry_after_secs)
@@ -535,7 +543,12 @@ impl<S: MessageSink> EventIntake<S> {
             Ok(body) => body,
             Err(BodyError::TooLarge) => return self.reject(RequestRejection::BodyTooLarge),
             Err(BodyError::Timeout) => return self.reject(RequestRejection::BodyTimeout),
-            Err(BodyError::Broken) => return self.reject(RequestRejection::BodyBroken),
+            Err(BodyError::Incomplete) => {
+                return closing(self.reject(RequestRejection::BodyIncomplete))
+            }
+            Err(BodyError::Malformed) => {
+                return closing(self.reject(RequestRejection::BodyMalformed))
+            }
         };
         let events = match parse_events(&body, self.limits.max_events) {
             Ok(events) => events,

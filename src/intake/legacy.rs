@@ -2,7 +2,8 @@
 //! `204 No Content`, one message per beacon.
 //!
 //! Owns what is particular to beacons: the method rule (405 with `Allow`),
-//! the empty-body drain (413/408), the synchronous [`BeaconIntake::accept`]
+//! the empty-body drain (413, 408; 400 for a body cut short or with broken
+//! framing, each with its reason), the synchronous [`BeaconIntake::accept`]
 //! step (decode, metadata, format, hand-off), sequence numbers, the
 //! rejection records, and the beacon counters. The shared plumbing (routes,
 //! client gate, spool wait, status accounting) is in [`crate::intake`].
@@ -24,11 +25,12 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::events::{EventIntake, EventOutcome};
 use super::{
-    drain_body, empty, overloaded, plain, spooled, too_many_requests, user_agent, Admission,
-    BodyError, BoxError, ClientGate, RefusalReason,
+    closing, drain_body, empty, overloaded, plain, request_peer, spooled, too_many_requests,
+    user_agent, Admission, BodyError, BoxError, ClientGate, RefusalReason,
 };
+use crate::client_ip::Peer;
 use crate::config::{Config, Partitioning};
-use crate::decode::{decode_beacon, RejectReason};
+use crate::decode::{decode_beacon, AttestedField, RejectReason};
 use crate::format::{write_error_record, OutputFormat, MAX_KEY_BYTES};
 use crate::legacy_conversion::{convert, LegacyConverter};
 use crate::meta::{BeaconMeta, ReceiveTime, SequenceCounter};
@@ -72,6 +74,14 @@ pub struct Limits {
     pub max_user_agent_bytes: usize,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
+}
+
+impl LabelSet for AttestedField {
+    const NAME: &'static str = "field";
+    const ALL: &'static [Self] = &AttestedField::ALL;
+    fn as_str(self) -> &'static str {
+        self.label()
+    }
 }
 
 impl LabelSet for RejectReason {
@@ -129,6 +139,10 @@ pub struct BeaconIntake<S> {
     accepted: Counter,
     rejected: CounterSet<RejectReason>,
     refused: CounterSet<RefusalReason>,
+    /// Capsules setting a field beacond attests, by field.
+    attested: CounterSet<AttestedField>,
+    /// `output.refuse_attested_fields`.
+    refuse_attested: bool,
 }
 
 /// Per-thread scratch space, reused by every beacon handled on the thread.
@@ -181,6 +195,12 @@ impl<S: MessageSink> BeaconIntake<S> {
                 "beacons_refused",
                 "Valid beacons answered 503 (not accepted), by reason",
             ),
+            attested: metrics.counter_set(
+                "beacons_attested_fields",
+                "Capsules setting a top-level field beacond attests (its value wins in json and \
+                 event_platform; refused with output.refuse_attested_fields), by field",
+            ),
+            refuse_attested: config.output.refuse_attested_fields,
         }
     }
 
@@ -203,23 +223,20 @@ impl<S: MessageSink> BeaconIntake<S> {
             return r;
         }
         let (parts, body) = req.into_parts();
-        match drain_body(body, self.limits.max_body_bytes, self.limits.body_timeout).await {
-            Ok(()) => {}
-            Err(BodyError::TooLarge) => {
-                self.rejected.inc(RejectReason::BodyTooLarge);
-                return reject_response(RejectReason::BodyTooLarge);
-            }
-            Err(BodyError::Timeout | BodyError::Broken) => {
-                return plain(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request body not received in time\n",
-                );
-            }
+        if let Err(e) = drain_body(body, self.limits.max_body_bytes, self.limits.body_timeout).await
+        {
+            let reason = RejectReason::from(e);
+            self.rejected.inc(reason);
+            let response = reject_response(reason);
+            return match e {
+                BodyError::Incomplete | BodyError::Malformed => closing(response),
+                BodyError::TooLarge | BodyError::Timeout => response,
+            };
         }
         let outcome = self.accept(
             parts.uri.query(),
             &parts.headers,
-            peer.ip(),
+            request_peer(peer, &parts.extensions),
             ReceiveTime::now(),
             gate,
             events,
@@ -257,7 +274,7 @@ impl<S: MessageSink> BeaconIntake<S> {
         &self,
         raw_query: Option<&str>,
         headers: &HeaderMap,
-        peer: IpAddr,
+        peer: Peer,
         received: ReceiveTime,
         gate: &ClientGate,
         events: Option<&EventIntake<S>>,
@@ -315,6 +332,23 @@ impl<S: MessageSink> BeaconIntake<S> {
                 Ok(capsule) => capsule,
                 Err(reason) => return self.reject(reason, raw_query, meta, &mut scratch.line),
             };
+        // Fields beacond vouches for: counted; beacond's value wins in the
+        // json line and the converted event; in the varnishkafka line the
+        // processor decides, unless they are refused here.
+        if !capsule.attested.is_empty() {
+            for field in capsule.attested.iter() {
+                self.attested.inc(field);
+            }
+            if self.refuse_attested {
+                return self.reject(
+                    RejectReason::AttestedField,
+                    raw_query,
+                    meta,
+                    &mut scratch.line,
+                );
+            }
+        }
+        let capsule = capsule.text;
         // The conversion's target first: a beacon refused for it gets no
         // sequence number. With a line written too, it is not refused.
         let mut conversion = None;
@@ -435,6 +469,17 @@ impl<S: MessageSink> BeaconIntake<S> {
     }
 }
 
+impl From<BodyError> for RejectReason {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge => RejectReason::BodyTooLarge,
+            BodyError::Timeout => RejectReason::BodyTimeout,
+            BodyError::Incomplete => RejectReason::BodyIncomplete,
+            BodyError::Malformed => RejectReason::BodyMalformed,
+        }
+    }
+}
+
 fn reject_response(reason: RejectReason) -> Response<Full<Bytes>> {
     plain(reason.status(), reason.body())
 }
@@ -450,9 +495,577 @@ fn ip_text(ip: IpAddr, buf: &mut [u8; MAX_KEY_BYTES]) -> &[u8] {
 
 #[cfg(test)]
 mod tests {
+    //! `BeaconIntake::accept` and `respond` over a fake sink: every outcome
+    //! and status, without sockets or a broker.
+
+    use std::sync::Mutex;
+
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+    use crate::config::RateLimitExceeded;
+    use crate::format::OutputFormats;
+    use crate::spool::SpoolError;
+
     #[test]
     fn reject_reasons_are_a_sound_label_set() {
         crate::metrics::check_label_set::<crate::decode::RejectReason>().unwrap();
         crate::metrics::check_label_set::<super::Conversion>().unwrap();
+        crate::metrics::check_label_set::<crate::decode::AttestedField>().unwrap();
+    }
+
+    /// What the fake sink does with the next messages.
+    #[derive(Debug, Clone, Copy)]
+    enum Mode {
+        Queue,
+        /// Spooled; the spool's reply is this.
+        Spool(Result<(), fn() -> SpoolError>),
+        Refuse(fn() -> EnqueueError),
+    }
+
+    /// A message as the sink got it: key, payload.
+    type Message = (Option<Vec<u8>>, Vec<u8>);
+
+    /// A config change for one case.
+    type Tweak = Box<dyn Fn(&mut Config)>;
+
+    /// Records every message and rejection record; takes, spools or
+    /// refuses as told.
+    struct FakeSink {
+        mode: Mutex<Mode>,
+        messages: Mutex<Vec<Message>>,
+        rejections: Mutex<Vec<Vec<u8>>>,
+    }
+
+    impl MessageSink for FakeSink {
+        fn enqueue(&self, message: &OutboundMessage<'_>) -> Result<Enqueued, EnqueueError> {
+            assert!(matches!(
+                message.destination,
+                crate::sink::Destination::Beacons
+            ));
+            let mode = *self.mode.lock().unwrap();
+            match mode {
+                Mode::Refuse(e) => return Err(e()),
+                Mode::Queue | Mode::Spool(_) => {}
+            }
+            self.messages
+                .lock()
+                .unwrap()
+                .push((message.key.map(<[u8]>::to_vec), message.payload.to_vec()));
+            match mode {
+                Mode::Spool(reply) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let _ = tx.send(reply.map_err(|e| e()));
+                    Ok(Enqueued::Spooling(rx))
+                }
+                _ => Ok(Enqueued::Queued),
+            }
+        }
+
+        fn report_rejection(&self, record: &[u8]) {
+            self.rejections.lock().unwrap().push(record.to_vec());
+        }
+    }
+
+    struct Fixture {
+        intake: BeaconIntake<FakeSink>,
+        gate: ClientGate,
+        sink: Arc<FakeSink>,
+        metrics: Arc<Metrics>,
+    }
+
+    fn fixture(tweak: impl FnOnce(&mut Config)) -> Fixture {
+        let mut config = Config::default();
+        config.output.hostname = Some("test-host".into());
+        config.http.max_query_bytes = 200;
+        config.http.max_user_agent_bytes = 20;
+        config.http.max_body_bytes = 10;
+        config.client_ip.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        tweak(&mut config);
+        let metrics = Arc::new(Metrics::new());
+        let sink = Arc::new(FakeSink {
+            mode: Mutex::new(Mode::Queue),
+            messages: Mutex::default(),
+            rejections: Mutex::default(),
+        });
+        Fixture {
+            intake: BeaconIntake::new(&config, sink.clone(), metrics.clone()),
+            gate: ClientGate::new(&config, &metrics).unwrap(),
+            sink,
+            metrics,
+        }
+    }
+
+    const OK: &str = "%7B%22schema%22%3A%22T%22%7D;";
+    const UA: &str = "test-agent";
+
+    impl Fixture {
+        fn accept(&self, query: &str, ua: &str, peer: &str, xff: Option<&str>) -> Outcome {
+            let mut headers = HeaderMap::new();
+            headers.insert(http::header::USER_AGENT, HeaderValue::from_str(ua).unwrap());
+            if let Some(xff) = xff {
+                headers.insert("x-forwarded-for", HeaderValue::from_str(xff).unwrap());
+            }
+            self.intake.accept(
+                Some(query),
+                &headers,
+                Peer::from(peer.parse::<IpAddr>().unwrap()),
+                ReceiveTime::from_unix_seconds(1_795_908_434),
+                &self.gate,
+                None,
+            )
+        }
+
+        async fn respond(&self, req: Request<Full<Bytes>>) -> (StatusCode, Response<Full<Bytes>>) {
+            let r = self
+                .intake
+                .respond(req, "198.51.100.7:1".parse().unwrap(), &self.gate, None)
+                .await;
+            (r.status(), r)
+        }
+
+        fn messages(&self) -> Vec<(Option<Vec<u8>>, String)> {
+            self.sink
+                .messages
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, m)| (k.clone(), String::from_utf8(m.clone()).unwrap()))
+                .collect()
+        }
+
+        fn rejections(&self) -> Vec<serde_json::Value> {
+            self.sink
+                .rejections
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|r| serde_json::from_slice(r).unwrap())
+                .collect()
+        }
+    }
+
+    fn get(query: &str) -> Request<Full<Bytes>> {
+        Request::get(format!("/beacon/event?{query}"))
+            .header(http::header::USER_AGENT, UA)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    }
+
+    /// The answer `respond` gives an outcome (for outcomes without a spool wait).
+    fn status(outcome: &Outcome) -> StatusCode {
+        match outcome {
+            Outcome::Accepted | Outcome::Dropped(_) | Outcome::Spooling(_) => {
+                StatusCode::NO_CONTENT
+            }
+            Outcome::Rejected(r) => r.status(),
+            Outcome::Refused(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Outcome::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    #[test]
+    fn every_rejection_of_accept_has_its_status_counter_and_error_record() {
+        let long_query = format!("%7B%22a%22%3A%22{}%22%7D", "x".repeat(200));
+        let deep = format!("%7B%22a%22:{}", "[".repeat(70));
+        let cases: Vec<(RejectReason, String, &str, Tweak)> = vec![
+            (RejectReason::EmptyQuery, "".into(), UA, Box::new(|_| {})),
+            (RejectReason::QueryTooLong, long_query, UA, Box::new(|_| {})),
+            (
+                RejectReason::BadPercentEncoding,
+                "%7B%7".into(),
+                UA,
+                Box::new(|_| {}),
+            ),
+            (
+                RejectReason::InvalidUtf8,
+                "%7B%22%FF%22:1%7D".into(),
+                UA,
+                Box::new(|_| {}),
+            ),
+            (
+                RejectReason::InvalidJson,
+                "%7B%22a%22".into(),
+                UA,
+                Box::new(|_| {}),
+            ),
+            (
+                RejectReason::NotAnObject,
+                "%5B1%5D".into(),
+                UA,
+                Box::new(|_| {}),
+            ),
+            (RejectReason::JsonTooDeep, deep, UA, Box::new(|_| {})),
+            (
+                RejectReason::DuplicateKey,
+                "%7B%22a%22:1,%22a%22:2%7D".into(),
+                UA,
+                Box::new(|_| {}),
+            ),
+            (
+                RejectReason::AttestedField,
+                "%7B%22ip%22:%226.6.6.6%22%7D".into(),
+                UA,
+                Box::new(|c: &mut Config| c.output.refuse_attested_fields = true),
+            ),
+            (
+                RejectReason::UserAgentTooLong,
+                OK.into(),
+                "a-user-agent-longer-than-twenty",
+                Box::new(|_| {}),
+            ),
+            // `event_platform` alone without the events intake: written
+            // nowhere, so never a 204 (the config check refuses this setup).
+            (
+                RejectReason::LegacyEventErrored,
+                OK.into(),
+                UA,
+                Box::new(|c: &mut Config| {
+                    c.output.format = OutputFormats::new(vec![OutputFormat::EventPlatform])
+                }),
+            ),
+        ];
+        for (reason, query, ua, tweak) in cases {
+            let f = fixture(tweak);
+            let outcome = f.accept(&query, ua, "198.51.100.7", None);
+            assert!(
+                matches!(outcome, Outcome::Rejected(r) if r == reason),
+                "{reason:?}: {outcome:?}"
+            );
+            assert_eq!(status(&outcome), reason.status(), "{reason:?}");
+            assert!(status(&outcome).is_client_error());
+            assert_eq!(f.intake.rejected.get(reason), 1, "{reason:?} counted");
+            assert_eq!(f.metrics.accepted.get(), 0);
+            assert!(f.messages().is_empty(), "{reason:?}: nothing enqueued");
+            let records = f.rejections();
+            assert_eq!(records.len(), 1, "{reason:?}: one error record");
+            assert_eq!(records[0]["reason"], reason.as_str());
+            assert_eq!(records[0]["ip"], "198.51.100.7");
+            // No sequence number was used: the next beacon gets the first, 0.
+            f.sink.rejections.lock().unwrap().clear();
+            let _ = f.accept(OK, UA, "198.51.100.7", None);
+            if let Some((_, line)) = f.messages().first() {
+                assert_eq!(line.split('\t').nth(2), Some("0"), "{reason:?}");
+            }
+        }
+        let covered = [
+            RejectReason::EmptyQuery,
+            RejectReason::QueryTooLong,
+            RejectReason::BadPercentEncoding,
+            RejectReason::InvalidUtf8,
+            RejectReason::InvalidJson,
+            RejectReason::NotAnObject,
+            RejectReason::JsonTooDeep,
+            RejectReason::DuplicateKey,
+            RejectReason::AttestedField,
+            RejectReason::UserAgentTooLong,
+            RejectReason::LegacyEventErrored,
+        ];
+        // The body reasons are the POST drain's (`respond`, below); the
+        // unknown legacy schema needs the events intake (tests/legacy_bridge).
+        for reason in RejectReason::ALL {
+            assert!(
+                covered.contains(&reason)
+                    || matches!(
+                        reason,
+                        RejectReason::BodyTooLarge
+                            | RejectReason::BodyTimeout
+                            | RejectReason::BodyIncomplete
+                            | RejectReason::BodyMalformed
+                            | RejectReason::UnknownLegacySchema
+                    ),
+                "{reason:?} has no case"
+            );
+        }
+    }
+
+    #[test]
+    fn accepted_dropped_limited_refused_and_spooled() {
+        // Accepted: one varnishkafka line with our metadata, sequence 0, 1.
+        let f = fixture(|_| {});
+        let outcome = f.accept(OK, UA, "10.0.0.1", Some("6.6.6.6, 203.0.113.9"));
+        assert!(matches!(outcome, Outcome::Accepted), "{outcome:?}");
+        assert_eq!(status(&outcome), StatusCode::NO_CONTENT);
+        assert!(matches!(
+            f.accept(OK, UA, "198.51.100.7", None),
+            Outcome::Accepted
+        ));
+        let lines = f.messages();
+        assert_eq!(
+            lines[0],
+            (
+                None,
+                format!("?{OK}\ttest-host\t0\t2026-11-28T23:27:14\t203.0.113.9\t\"{UA}\"")
+            )
+        );
+        assert!(lines[1].1.contains("\t1\t") && lines[1].1.contains("\t198.51.100.7\t"));
+        assert_eq!(f.metrics.accepted.get(), 2);
+        assert!(f.rejections().is_empty());
+
+        // Filtered user agent: 204, dropped, counted, nothing written.
+        let f = fixture(|c| c.filter.user_agent_exclude = vec!["^Fuzz Faster U Fool".into()]);
+        let outcome = f.accept(OK, "Fuzz Faster U Fool v2", "198.51.100.7", None);
+        assert!(matches!(
+            outcome,
+            Outcome::Dropped(DropReason::UserAgentExcluded)
+        ));
+        assert_eq!(status(&outcome), StatusCode::NO_CONTENT);
+        assert_eq!(f.metrics.edge.filtered_user_agent.get(), 1);
+        assert!(f.messages().is_empty() && f.rejections().is_empty());
+        assert_eq!(f.metrics.accepted.get(), 0);
+
+        // Rate limited: 429 with Retry-After, or 204 and dropped.
+        for (exceeded, want) in [
+            (
+                RateLimitExceeded::TooManyRequests,
+                StatusCode::TOO_MANY_REQUESTS,
+            ),
+            (RateLimitExceeded::SilentDrop, StatusCode::NO_CONTENT),
+        ] {
+            let f = fixture(|c| {
+                c.rate_limit.per_client_per_second = 1;
+                c.rate_limit.per_client_burst = 1;
+                c.rate_limit.exceeded = exceeded;
+            });
+            assert!(matches!(
+                f.accept(OK, UA, "198.51.100.7", None),
+                Outcome::Accepted
+            ));
+            let outcome = f.accept(OK, UA, "198.51.100.7", None);
+            match (&outcome, exceeded) {
+                (Outcome::RateLimited { retry_after_secs }, RateLimitExceeded::TooManyRequests) => {
+                    assert!(*retry_after_secs >= 1)
+                }
+                (Outcome::Dropped(DropReason::RateLimited), RateLimitExceeded::SilentDrop) => {}
+                other => panic!("{exceeded:?}: {other:?}"),
+            }
+            assert_eq!(status(&outcome), want);
+            assert_eq!(
+                f.messages().len(),
+                1,
+                "{exceeded:?}: the second is not written"
+            );
+            assert_eq!(
+                f.gate.rate_limited.get(crate::rate_limit::Limit::PerClient),
+                1
+            );
+            // Another client has its own bucket.
+            assert!(matches!(
+                f.accept(OK, UA, "198.51.100.8", None),
+                Outcome::Accepted
+            ));
+        }
+
+        // The sink refuses: 503, counted by reason, no sequence number kept
+        // for an accepted beacon.
+        let refusals: [(fn() -> EnqueueError, RefusalReason); 4] = [
+            (|| EnqueueError::QueueFull, RefusalReason::ProducerQueueFull),
+            (
+                || EnqueueError::Spool(SpoolError::Full),
+                RefusalReason::SpoolFull,
+            ),
+            (
+                || EnqueueError::Spool(SpoolError::Busy),
+                RefusalReason::SpoolBusy,
+            ),
+            (
+                || EnqueueError::Refused("x".into()),
+                RefusalReason::ProducerError,
+            ),
+        ];
+        for (error, reason) in refusals {
+            let f = fixture(|_| {});
+            *f.sink.mode.lock().unwrap() = Mode::Refuse(error);
+            let outcome = f.accept(OK, UA, "198.51.100.7", None);
+            assert!(
+                matches!(outcome, Outcome::Refused(_)),
+                "{reason:?}: {outcome:?}"
+            );
+            assert_eq!(status(&outcome), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(f.intake.refused.get(reason), 1, "{reason:?}");
+            assert_eq!(f.metrics.accepted.get(), 0);
+            assert!(f.rejections().is_empty());
+        }
+
+        // Spooled: the reply is awaited by `respond` (below), not counted yet.
+        let f = fixture(|_| {});
+        *f.sink.mode.lock().unwrap() = Mode::Spool(Ok(()));
+        let outcome = f.accept(OK, UA, "198.51.100.7", None);
+        assert!(
+            matches!(&outcome, Outcome::Spooling(r) if r.len() == 1),
+            "{outcome:?}"
+        );
+        assert_eq!(f.metrics.accepted.get(), 0);
+        assert_eq!(f.messages().len(), 1);
+    }
+
+    #[test]
+    fn what_the_line_says_follows_the_config() {
+        // json: beacond's fields win over the capsule's, which is counted.
+        let f = fixture(|c| c.output.format = OutputFormat::Json.into());
+        let forged = "%7B%22ip%22%3A%226.6.6.6%22%2C%22seqId%22%3A9%2C%22event%22%3A%7B%7D%7D";
+        assert!(matches!(
+            f.accept(forged, UA, "198.51.100.7", None),
+            Outcome::Accepted
+        ));
+        let (_, line) = &f.messages()[0];
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["ip"], "198.51.100.7");
+        assert_eq!(v["seqId"], 0);
+        assert_eq!(v["event"], serde_json::json!({}));
+        assert_eq!(f.intake.attested.get(AttestedField::Ip), 1);
+        assert_eq!(f.intake.attested.get(AttestedField::SeqId), 1);
+        assert_eq!(f.intake.attested.get(AttestedField::Dt), 0);
+        // varnishkafka: the query as sent, counted all the same.
+        let f = fixture(|_| {});
+        assert!(matches!(
+            f.accept(forged, UA, "198.51.100.7", None),
+            Outcome::Accepted
+        ));
+        assert!(f.messages()[0].1.starts_with(&format!("?{forged}\t")));
+        assert_eq!(f.intake.attested.get(AttestedField::Ip), 1);
+        // Anonymized address, and the client-IP key (the full address keys
+        // the rate limit; the line keeps the network).
+        let f = fixture(|c| {
+            c.privacy.anonymize_ip = true;
+            c.kafka.partitioning = Partitioning::ClientIp;
+        });
+        assert!(matches!(
+            f.accept(OK, UA, "198.51.100.7", None),
+            Outcome::Accepted
+        ));
+        let (key, line) = &f.messages()[0];
+        assert!(line.contains("\t198.51.100.0\t"), "{line}");
+        assert_eq!(key.as_deref(), Some(&b"198.51.100.0"[..]));
+        // A PROXY header that named no client: the balancer is the client,
+        // whatever X-Forwarded-For says.
+        let f = fixture(|_| {});
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        let peer = Peer {
+            ip: "10.0.0.1".parse().unwrap(),
+            origin: crate::client_ip::PeerOrigin::Unnamed,
+        };
+        let outcome = f.intake.accept(
+            Some(OK),
+            &headers,
+            peer,
+            ReceiveTime::from_unix_seconds(1_795_908_434),
+            &f.gate,
+            None,
+        );
+        assert!(matches!(outcome, Outcome::Accepted));
+        assert!(f.messages()[0].1.contains("\t10.0.0.1\t"));
+    }
+
+    #[tokio::test]
+    async fn respond_answers_every_outcome() {
+        let f = fixture(|_| {});
+        let (s, _) = f.respond(get(OK)).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        let (s, r) = f.respond(get("%5B%5D")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], RejectReason::NotAnObject.body().as_bytes());
+        // 405 with Allow.
+        let req = Request::put("/beacon/event?x")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (s, r) = f.respond(req).await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[ALLOW], ALLOWED_METHODS);
+        // A POST body over the limit: 413, counted.
+        let req = Request::post(format!("/beacon/event?{OK}"))
+            .body(Full::new(Bytes::from_static(b"0123456789AB")))
+            .unwrap();
+        assert_eq!(f.respond(req).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(f.intake.rejected.get(RejectReason::BodyTooLarge), 1);
+        // A small POST body is drained: a beacon.
+        let req = Request::post(format!("/beacon/event?{OK}"))
+            .body(Full::new(Bytes::from_static(b"hi")))
+            .unwrap();
+        assert_eq!(f.respond(req).await.0, StatusCode::NO_CONTENT);
+        // 429 with Retry-After.
+        let f = fixture(|c| {
+            c.rate_limit.per_client_per_second = 1;
+            c.rate_limit.per_client_burst = 1;
+        });
+        assert_eq!(f.respond(get(OK)).await.0, StatusCode::NO_CONTENT);
+        let (s, r) = f.respond(get(OK)).await;
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+        assert!(r.headers().contains_key(http::header::RETRY_AFTER));
+        // Sink full: 503 with Retry-After.
+        let f = fixture(|_| {});
+        *f.sink.mode.lock().unwrap() = Mode::Refuse(|| EnqueueError::QueueFull);
+        let (s, r) = f.respond(get(OK)).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[http::header::RETRY_AFTER], "1");
+        // Spooled and written: 204, accepted; the spool refuses: 503.
+        *f.sink.mode.lock().unwrap() = Mode::Spool(Ok(()));
+        assert_eq!(f.respond(get(OK)).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(f.metrics.accepted.get(), 1);
+        *f.sink.mode.lock().unwrap() = Mode::Spool(Err(|| SpoolError::Full));
+        assert_eq!(f.respond(get(OK)).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(f.metrics.accepted.get(), 1);
+        assert_eq!(f.intake.refused.get(RefusalReason::SpoolFull), 1);
+    }
+
+    /// A POST body that fails as hyper fails it.
+    fn failing_post(
+        kind: std::io::ErrorKind,
+    ) -> Request<http_body_util::channel::Channel<Bytes, BoxError>> {
+        let (tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(1);
+        tx.abort(Box::new(std::io::Error::new(kind, "body error")));
+        Request::post(format!("/beacon/event?{OK}"))
+            .body(body)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_post_drain_tells_body_failures_apart() {
+        let f = fixture(|_| {});
+        let peer: SocketAddr = "198.51.100.7:1".parse().unwrap();
+        let cases = [
+            (
+                std::io::ErrorKind::UnexpectedEof,
+                RejectReason::BodyIncomplete,
+            ),
+            (
+                std::io::ErrorKind::ConnectionReset,
+                RejectReason::BodyIncomplete,
+            ),
+            (std::io::ErrorKind::InvalidData, RejectReason::BodyMalformed),
+            (
+                std::io::ErrorKind::InvalidInput,
+                RejectReason::BodyMalformed,
+            ),
+        ];
+        for (kind, reason) in cases {
+            let r = f
+                .intake
+                .respond(failing_post(kind), peer, &f.gate, None)
+                .await;
+            assert_eq!(r.status(), reason.status(), "{kind:?}");
+            assert_eq!(r.headers()[http::header::CONNECTION], "close", "{kind:?}");
+        }
+        assert_eq!(f.intake.rejected.get(RejectReason::BodyIncomplete), 2);
+        assert_eq!(f.intake.rejected.get(RejectReason::BodyMalformed), 2);
+        assert_eq!(f.intake.rejected.get(RejectReason::BodyTooLarge), 0);
+        assert!(f.messages().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_post_drain_times_out_with_408() {
+        let f = fixture(|c| c.http.header_read_timeout_ms = 1000);
+        let (_tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(1);
+        let req = Request::post(format!("/beacon/event?{OK}"))
+            .body(body)
+            .unwrap();
+        let r = f
+            .intake
+            .respond(req, "198.51.100.7:1".parse().unwrap(), &f.gate, None)
+            .await;
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(f.intake.rejected.get(RejectReason::BodyTimeout), 1);
     }
 }

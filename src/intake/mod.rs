@@ -29,7 +29,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::client_ip::ClientIpResolver;
+use crate::client_ip::{ClientIpResolver, Peer, PeerOrigin};
 use crate::config::{Config, RateLimitExceeded};
 use crate::filter::BeaconFilter;
 use crate::metrics::{CounterSet, LabelSet, Metrics, RouteCounters};
@@ -134,7 +134,8 @@ impl<S: MessageSink> Intake<S> {
         response
     }
 
-    /// The synchronous beacon step (see [`BeaconIntake::accept`]).
+    /// The synchronous beacon step (see [`BeaconIntake::accept`]), for a
+    /// peer whose address the connection named.
     pub fn accept(
         &self,
         raw_query: Option<&str>,
@@ -145,7 +146,7 @@ impl<S: MessageSink> Intake<S> {
         self.beacons.accept(
             raw_query,
             headers,
-            peer,
+            Peer::from(peer),
             received,
             &self.gate,
             self.events.as_ref(),
@@ -209,8 +210,10 @@ impl ClientGate {
     }
 
     /// The client's address by the trusted-proxy rule (full, not anonymized).
-    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        self.resolver.resolve(peer, headers)
+    /// `peer.origin`: what the connection said of the peer (the request's
+    /// [`PeerOrigin`] extension, see [`request_peer`]).
+    pub fn client_ip(&self, peer: Peer, headers: &HeaderMap) -> IpAddr {
+        self.resolver.resolve_from(peer.origin, peer.ip, headers)
     }
 
     /// Edge protection, in order: limits on the real address, then the
@@ -233,6 +236,16 @@ impl ClientGate {
         Admission::Admitted {
             client_ip: self.filter.output_ip(client_ip),
         }
+    }
+}
+
+/// The request's peer as the listener gave it: its origin is
+/// [`PeerOrigin::Unnamed`] when the connection's PROXY header named no client
+/// (the listener puts that on the request as an extension), else named.
+pub fn request_peer(peer: SocketAddr, extensions: &http::Extensions) -> Peer {
+    Peer {
+        ip: peer.ip(),
+        origin: extensions.get::<PeerOrigin>().copied().unwrap_or_default(),
     }
 }
 
@@ -314,12 +327,21 @@ pub async fn spooled(reply: AppendReply) -> Result<(), EnqueueError> {
 /// Why a request body was not read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BodyError {
+    /// Over the limit, announced (`Content-Length`) or as read: 413.
     #[error("request body larger than allowed")]
     TooLarge,
+    /// Not all there within the body timeout: 408.
     #[error("request body not received in time")]
     Timeout,
-    #[error("request body cut short")]
-    Broken,
+    /// The client closed (or the connection broke) before the body ended:
+    /// nobody is left to read an answer; counted on its own, answered 400
+    /// with `Connection: close` for the record.
+    #[error("connection closed before the request body ended")]
+    Incomplete,
+    /// The body's framing is broken (bad chunked encoding): 400, and the
+    /// connection is closed (its next request cannot be found).
+    #[error("malformed request body framing")]
+    Malformed,
 }
 
 /// Reads a whole body, at most `max` bytes, within `timeout`.
@@ -396,12 +418,34 @@ where
         .map_err(|_| BodyError::Timeout)?
 }
 
+/// What a body error means. hyper reports a body cut short by the peer as
+/// `UnexpectedEof` (or an incomplete message, or a reset), and broken chunked
+/// framing as `InvalidData`/`InvalidInput`, an `io::Error` in the source chain.
 fn classify(e: BoxError) -> BodyError {
     if e.is::<http_body_util::LengthLimitError>() {
-        BodyError::TooLarge
-    } else {
-        BodyError::Broken
+        return BodyError::TooLarge;
     }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                    BodyError::Malformed
+                }
+                _ => BodyError::Incomplete,
+            };
+        }
+        cause = err.source();
+    }
+    BodyError::Incomplete
+}
+
+/// An answer that also closes the connection: its framing cannot be trusted.
+pub fn closing(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// A plain-text answer.
@@ -475,6 +519,49 @@ mod tests {
             let _ = tx.send_data(Bytes::from_static(b"2]")).await;
         });
         assert_eq!(read_body(body, 100, t).await.unwrap(), &b"[1,2]"[..]);
+    }
+
+    #[test]
+    fn body_errors_are_told_apart() {
+        use std::io::{Error, ErrorKind};
+        let boxed = |e: Error| -> BoxError { Box::new(e) };
+        // (TooLarge, from `Limited`: bodies_are_read_whole_within_bounds.)
+        assert_eq!(
+            classify(boxed(Error::new(ErrorKind::UnexpectedEof, "eof"))),
+            BodyError::Incomplete
+        );
+        assert_eq!(
+            classify(boxed(Error::new(ErrorKind::ConnectionReset, "reset"))),
+            BodyError::Incomplete
+        );
+        assert_eq!(
+            classify(boxed(Error::new(ErrorKind::InvalidInput, "bad chunk size"))),
+            BodyError::Malformed
+        );
+        assert_eq!(
+            classify(boxed(Error::new(ErrorKind::InvalidData, "bad chunk"))),
+            BodyError::Malformed
+        );
+        // Wrapped, as hyper wraps its decoder's io::Error.
+        #[derive(Debug, thiserror::Error)]
+        #[error("body error")]
+        struct Wrapper(#[source] Error);
+        assert_eq!(
+            classify(Box::new(Wrapper(Error::new(ErrorKind::InvalidData, "x")))),
+            BodyError::Malformed
+        );
+        assert_eq!(classify("connection error".into()), BodyError::Incomplete);
+    }
+
+    #[tokio::test]
+    async fn a_body_whose_sender_fails_is_incomplete() {
+        let (tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(1);
+        tx.abort(Box::new(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "client gone",
+        )));
+        let got = read_body(body, 100, Duration::from_secs(1)).await;
+        assert_eq!(got, Err(BodyError::Incomplete));
     }
 
     #[tokio::test(start_paused = true)]

@@ -79,8 +79,8 @@ fn encode(client: Client, capsule: &Value) -> String {
 /// The beacon path's decoding, then the capsule as a JSON object.
 fn decoded(query: &str) -> Map<String, Value> {
     let mut buf = Vec::new();
-    let text = crate::decode::decode_beacon(query, 8192, &mut buf).unwrap();
-    serde_json::from_str(text).unwrap()
+    let capsule = crate::decode::decode_beacon(query, 8192, &mut buf).unwrap();
+    serde_json::from_str(capsule.text).unwrap()
 }
 
 fn converter(versions: &[(&str, &str)]) -> LegacyConverter {
@@ -264,13 +264,21 @@ fn version_from_the_map_wins_over_the_repository() {
 }
 
 #[test]
-fn capsule_fields_win_and_the_uuid_follows_them() {
+fn beacond_s_own_fields_win_over_the_capsule_s() {
+    // Issue 12, fault 7: what the collector vouches for is not the client's.
     let mut capsule = pingback();
     capsule["recvFrom"] = json!("other.host");
     capsule["seqId"] = json!(7);
+    capsule["dt"] = json!("1999-01-01T00:00:00Z");
     capsule["client_dt"] = json!("2026-11-28T23:00:00.000Z");
-    capsule["meta"] = json!({"domain": "wiki.example.org"});
-    capsule["http"] = json!({"request_headers": {"user-agent": "MediaWiki/1.42.1"}});
+    capsule["$schema"] = json!("/analytics/legacy/other/1.0.0");
+    capsule["ip"] = json!("6.6.6.6");
+    capsule["userAgent"] = json!("forged");
+    capsule["meta"] = json!({"domain": "wiki.example.org", "stream": "elsewhere"});
+    capsule["http"] = json!({
+        "client_ip": "6.6.6.6",
+        "request_headers": {"user-agent": "MediaWiki/1.42.1", "referer": "kept"}
+    });
     capsule["uuid"] = json!("forged");
     let parsed = decoded(&encode(Client::Php, &capsule));
     let conv = converter(&[]);
@@ -280,22 +288,27 @@ fn capsule_fields_win_and_the_uuid_follows_them() {
         "/analytics/legacy/mediawikipingback/1.1.0"
     );
     let event = convert(parsed, &target, &meta());
-    assert_eq!(event["recvFrom"], "other.host");
-    assert_eq!(event["seqId"], 7);
-    assert_eq!(event["client_dt"], "2026-11-28T23:00:00.000Z");
+    assert_eq!(
+        event["$schema"],
+        "/analytics/legacy/mediawikipingback/1.1.0"
+    );
+    assert_eq!(event["recvFrom"], HOST);
+    assert_eq!(event["seqId"], 12345);
     assert_eq!(event["dt"], "2026-11-28T23:27:14.250Z");
-    // meta and http are merged member by member, the capsule's winning.
+    assert_eq!(event["client_dt"], "2026-11-28T23:27:14.250Z");
+    assert_eq!(event["uuid"], PYTHON_UUID);
+    assert!(event.get("ip").is_none() && event.get("userAgent").is_none());
+    // meta and http are merged member by member, ours winning.
     assert_eq!(event["meta"]["domain"], "wiki.example.org");
     assert_eq!(event["meta"]["stream"], "eventlogging_MediaWikiPingback");
-    assert_eq!(
-        event["http"]["request_headers"]["user-agent"],
-        "MediaWiki/1.42.1"
-    );
-    let expected = uuid::Uuid::new_v5(
-        &uuid::Uuid::NAMESPACE_URL,
-        b"event://other.host/?seqId=7&dt=2026-11-28T23:27:14Z",
-    );
-    assert_eq!(event["uuid"], expected.simple().to_string());
+    assert_eq!(event["http"]["request_headers"]["user-agent"], UA);
+    assert_eq!(event["http"]["request_headers"]["referer"], "kept");
+    if target.client_ip_field {
+        assert_eq!(event["http"]["client_ip"], "203.0.113.9");
+    } else {
+        assert!(event["http"].get("client_ip").is_none());
+    }
+    assert!(!event.to_string().contains("6.6.6.6"), "{event}");
     accepted(event);
 }
 

@@ -37,7 +37,7 @@ use super::write_timeout::{is_write_timeout, WriteTimeout};
 use super::{ConnectionClose, ConnectionRefusal, ListenerCounters};
 use crate::config::H2Config;
 use crate::metrics::{LabelSet, Metrics};
-use crate::proxy_protocol::{self, ProxyError};
+use crate::proxy_protocol::{self, PeerOrigin, ProxyError};
 use crate::tls::ALPN_H2;
 
 /// Why a TLS handshake failed.
@@ -156,14 +156,18 @@ impl ConnectionContext {
         if let Some(m) = &self.metrics {
             m.connections_accepted.inc();
         }
-        let (stream, peer) = match &self.proxy_trusted {
-            None => (proxy_protocol::Prefixed::new(Vec::new(), stream), peer),
+        let (stream, peer, origin) = match &self.proxy_trusted {
+            None => (
+                proxy_protocol::Prefixed::new(Vec::new(), stream),
+                peer,
+                PeerOrigin::Named,
+            ),
             Some(trusted) => {
                 let is_trusted = trusted
                     .iter()
                     .any(|n| n.contains(&peer.ip().to_canonical()));
                 match proxy_protocol::accept(stream, peer, is_trusted, self.header_timeout).await {
-                    Ok(accepted) => (accepted.stream, accepted.peer),
+                    Ok(accepted) => (accepted.stream, accepted.peer, accepted.origin),
                     Err(e) => {
                         if let (Some(c), false) = (&self.counters, e == ProxyError::Closed) {
                             c.refusals.inc(ConnectionRefusal::Proxy(e));
@@ -176,7 +180,7 @@ impl ConnectionContext {
         };
         let stream = WriteTimeout::new(stream, self.write_timeout);
         let Some(acceptor) = &self.tls else {
-            return self.serve_h1(stream, peer, handler, watcher).await;
+            return self.serve_h1(stream, peer, origin, handler, watcher).await;
         };
         let handshake = tokio::time::timeout(self.header_timeout, acceptor.accept(stream)).await;
         let stream = match handshake {
@@ -190,7 +194,7 @@ impl ConnectionContext {
         let is_h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
         match (&self.h2, is_h2) {
             (Some(h2), true) => {
-                let service = service(handler, peer);
+                let service = service(handler, peer, origin);
                 let conn = watcher.watch(h2.serve_connection(TokioIo::new(stream), service));
                 let open = OpenGauge::new(self.metrics.as_deref());
                 let result = conn.await;
@@ -202,17 +206,23 @@ impl ConnectionContext {
                     }
                 }
             }
-            _ => self.serve_h1(stream, peer, handler, watcher).await,
+            _ => self.serve_h1(stream, peer, origin, handler, watcher).await,
         }
     }
 
-    async fn serve_h1<S, H, F>(&self, stream: S, peer: SocketAddr, handler: H, watcher: Watcher)
-    where
+    async fn serve_h1<S, H, F>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        origin: PeerOrigin,
+        handler: H,
+        watcher: Watcher,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
     {
-        let service = service(handler, peer);
+        let service = service(handler, peer, origin);
         let conn = watcher.watch(self.h1.serve_connection(TokioIo::new(stream), service));
         let open = OpenGauge::new(self.metrics.as_deref());
         let result = conn.await;
@@ -249,9 +259,14 @@ impl ConnectionContext {
     }
 }
 
+/// The hyper service of one connection: the handler with the connection's
+/// peer; when a trusted balancer's PROXY header named no client, each request
+/// carries `PeerOrigin::Unnamed`, and the intake then believes no forwarding
+/// header.
 fn service<H, F>(
     handler: H,
     peer: SocketAddr,
+    origin: PeerOrigin,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Full<Bytes>>,
@@ -262,7 +277,10 @@ where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    service_fn(move |req| {
+    service_fn(move |mut req: Request<Incoming>| {
+        if origin == PeerOrigin::Unnamed {
+            req.extensions_mut().insert(origin);
+        }
         let handler = handler.clone();
         async move { Ok::<_, Infallible>(handler(req, peer).await) }
     })

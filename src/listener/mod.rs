@@ -14,7 +14,8 @@
 //! open connections (one more is closed at once, before anything is allocated
 //! for it), and the PROXY protocol rule ([`crate::proxy_protocol`]), applied
 //! before hyper sees a byte; the handler then gets the PROXY header's client
-//! as the peer.
+//! as the peer (or, when a trusted balancer's header named none, the balancer,
+//! with a [`crate::proxy_protocol::PeerOrigin::Unnamed`] request extension).
 //!
 //! Pipelining: hyper serves one request of a connection at a time and parses
 //! the next only once the previous response is written to the socket; the
