@@ -59,6 +59,11 @@ pub enum RejectReason {
     AttestedField,
     #[error("user agent longer than http.max_user_agent_bytes")]
     UserAgentTooLong,
+    /// The `varnishkafka` line only: the user agent field as written (its
+    /// quotes and escapes included) is longer than the EventLogging
+    /// processor reads (`format::PROCESSOR_MAX_USER_AGENT_FIELD_CHARS`).
+    #[error("user agent field longer than the EventLogging processor reads")]
+    UserAgentTooLongForProcessor,
     #[error("request body larger than http.max_body_bytes")]
     BodyTooLarge,
     #[error("request body not received in time")]
@@ -82,7 +87,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [RejectReason; 16] = [
+    pub const ALL: [RejectReason; 17] = [
         RejectReason::EmptyQuery,
         RejectReason::QueryTooLong,
         RejectReason::BadPercentEncoding,
@@ -93,6 +98,7 @@ impl RejectReason {
         RejectReason::DuplicateKey,
         RejectReason::AttestedField,
         RejectReason::UserAgentTooLong,
+        RejectReason::UserAgentTooLongForProcessor,
         RejectReason::BodyTooLarge,
         RejectReason::BodyTimeout,
         RejectReason::BodyIncomplete,
@@ -114,6 +120,7 @@ impl RejectReason {
             RejectReason::DuplicateKey => "duplicate_key",
             RejectReason::AttestedField => "attested_field",
             RejectReason::UserAgentTooLong => "user_agent_too_long",
+            RejectReason::UserAgentTooLongForProcessor => "user_agent_too_long_for_processor",
             RejectReason::BodyTooLarge => "body_too_large",
             RejectReason::BodyTimeout => "body_timeout",
             RejectReason::BodyIncomplete => "body_incomplete",
@@ -127,7 +134,9 @@ impl RejectReason {
     pub fn status(self) -> http::StatusCode {
         match self {
             RejectReason::QueryTooLong => http::StatusCode::URI_TOO_LONG,
-            RejectReason::UserAgentTooLong => http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            RejectReason::UserAgentTooLong | RejectReason::UserAgentTooLongForProcessor => {
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
             RejectReason::BodyTooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
             RejectReason::BodyTimeout => http::StatusCode::REQUEST_TIMEOUT,
             _ => http::StatusCode::BAD_REQUEST,
@@ -149,6 +158,9 @@ impl RejectReason {
                 "query string JSON sets a field the collector attests (recvFrom, seqId, dt, ip, userAgent, uuid)\n"
             }
             RejectReason::UserAgentTooLong => "user agent too long\n",
+            RejectReason::UserAgentTooLongForProcessor => {
+                "user agent too long for the EventLogging processor (800 characters as written)\n"
+            }
             RejectReason::BodyTooLarge => "request body too large\n",
             RejectReason::BodyTimeout => "request body not received in time\n",
             RejectReason::BodyIncomplete => "request body cut short\n",

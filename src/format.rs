@@ -206,6 +206,29 @@ fn write_varnishkafka(raw_query: &str, meta: &BeaconMeta<'_>, out: &mut Vec<u8>)
     out.push(b'"');
 }
 
+/// The longest user agent field the EventLogging processor reads from a
+/// `varnishkafka` line, in characters, its quotes included: its `parse_ua`
+/// refuses a longer one, so a line with it would be lost after a 204.
+pub const PROCESSOR_MAX_USER_AGENT_FIELD_CHARS: usize = 800;
+
+/// The characters of the user agent field as [`write_varnishkafka`] writes
+/// it: the quotes, plus the user agent escaped by [`escape_user_agent`]
+/// (a `\t` is two characters, a `\xHH` four). Counts without writing.
+pub fn user_agent_field_chars(ua: &[u8]) -> usize {
+    let mut chars = 2;
+    for chunk in ua.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            chars += match c {
+                '\t' | '\n' | '\r' | '\\' => 2,
+                '\u{0}'..='\u{1f}' | '\u{7f}' => 4,
+                _ => 1,
+            };
+        }
+        chars += 4 * chunk.invalid().len();
+    }
+    chars
+}
+
 /// Escapes a user agent for the tab-separated line: control characters and
 /// bytes that are not UTF-8 become `\t`, `\n`, `\r` or `\xHH`, a backslash
 /// becomes `\\`; everything else, quotes included, passes as is.
@@ -620,6 +643,18 @@ mod tests {
                 prop_assert!(std::str::from_utf8(&got).is_ok());
                 let json = line(OutputFormat::Json, Q, CAPSULE, &m);
                 prop_assert!(serde_json::from_slice::<serde_json::Value>(&json).is_ok());
+            }
+
+            /// The count the processor limit is checked with is the length
+            /// of the field as written, in characters, quotes included.
+            #[test]
+            fn user_agent_field_chars_is_the_written_field(ua in prop::collection::vec(any::<u8>(), 0..300)) {
+                let m = meta(&ua, "203.0.113.9");
+                let got = line(OutputFormat::Varnishkafka, Q, CAPSULE, &m);
+                let text = std::str::from_utf8(&got).unwrap();
+                let field = text.rsplit('\t').next().unwrap();
+                prop_assert!(field.starts_with('"') && field.ends_with('"'));
+                prop_assert_eq!(user_agent_field_chars(&ua), field.chars().count());
             }
         }
     }

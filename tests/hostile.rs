@@ -94,6 +94,53 @@ async fn huge_queries_and_headers_are_refused() {
     svc.stop().await;
 }
 
+/// The varnishkafka line's user agent field, as written (quotes and
+/// escapes included), at the EventLogging processor's limit of 800
+/// characters is answered 204; one character more is refused with 431 and
+/// its own reason, since the processor would drop the line after the 204.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_agent_at_the_processors_limit_is_204_and_one_past_it_431() {
+    let svc = start_without_broker().await;
+    let at_limit = "u".repeat(798);
+    let r = get(
+        svc.beacon,
+        "/beacon/event?%7B%7D;",
+        &[("User-Agent", &at_limit)],
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let past = "u".repeat(799);
+    let r = get(
+        svc.beacon,
+        "/beacon/event?%7B%7D;",
+        &[("User-Agent", &past)],
+    )
+    .await;
+    assert_eq!(r.status, 431);
+    assert!(
+        r.body_text().contains("EventLogging processor"),
+        "{}",
+        r.body_text()
+    );
+    // A backslash is written as two characters: 797 letters and a
+    // backslash (798 characters of user agent) make an 801-character field.
+    let escaped = format!("{}\\", "u".repeat(797));
+    let r = get(
+        svc.beacon,
+        "/beacon/event?%7B%7D;",
+        &[("User-Agent", &escaped)],
+    )
+    .await;
+    assert_eq!(r.status, 431);
+    let m = svc.metrics().await;
+    assert_eq!(
+        m.get("beacond_beacons_rejected_total{reason=\"user_agent_too_long_for_processor\"}"),
+        2.0
+    );
+    assert_eq!(m.get("beacond_beacons_accepted_total"), 1.0);
+    svc.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_json_nesting_is_refused() {
     let svc = start_without_broker().await;

@@ -31,7 +31,10 @@ use super::{
 use crate::client_ip::Peer;
 use crate::config::{Config, Partitioning};
 use crate::decode::{decode_beacon, AttestedField, RejectReason};
-use crate::format::{write_error_record, OutputFormat, MAX_KEY_BYTES};
+use crate::format::{
+    user_agent_field_chars, write_error_record, OutputFormat, MAX_KEY_BYTES,
+    PROCESSOR_MAX_USER_AGENT_FIELD_CHARS,
+};
 use crate::legacy_conversion::{convert, LegacyConverter};
 use crate::meta::{BeaconMeta, ReceiveTime, SequenceCounter};
 use crate::metrics::{CounterSet, LabelSet, Metrics};
@@ -322,6 +325,19 @@ impl<S: MessageSink> BeaconIntake<S> {
             meta.user_agent = &meta.user_agent[..self.limits.max_user_agent_bytes];
             return self.reject(
                 RejectReason::UserAgentTooLong,
+                raw_query,
+                meta,
+                &mut scratch.line,
+            );
+        }
+        // A line the EventLogging processor cannot read would be lost after
+        // the 204: refuse it while the client can still be told.
+        if self.line == Some(OutputFormat::Varnishkafka)
+            && meta.user_agent.len() * 4 + 2 > PROCESSOR_MAX_USER_AGENT_FIELD_CHARS
+            && user_agent_field_chars(meta.user_agent) > PROCESSOR_MAX_USER_AGENT_FIELD_CHARS
+        {
+            return self.reject(
+                RejectReason::UserAgentTooLongForProcessor,
                 raw_query,
                 meta,
                 &mut scratch.line,
@@ -668,6 +684,7 @@ mod tests {
     fn every_rejection_of_accept_has_its_status_counter_and_error_record() {
         let long_query = format!("%7B%22a%22%3A%22{}%22%7D", "x".repeat(200));
         let deep = format!("%7B%22a%22:{}", "[".repeat(70));
+        let processor_past = "u".repeat(799);
         let cases: Vec<(RejectReason, String, &str, Tweak)> = vec![
             (RejectReason::EmptyQuery, "".into(), UA, Box::new(|_| {})),
             (RejectReason::QueryTooLong, long_query, UA, Box::new(|_| {})),
@@ -714,6 +731,12 @@ mod tests {
                 "a-user-agent-longer-than-twenty",
                 Box::new(|_| {}),
             ),
+            (
+                RejectReason::UserAgentTooLongForProcessor,
+                OK.into(),
+                &processor_past,
+                Box::new(|c| c.http.max_user_agent_bytes = 2048),
+            ),
             // `event_platform` alone without the events intake: written
             // nowhere, so never a 204 (the config check refuses this setup).
             (
@@ -759,6 +782,7 @@ mod tests {
             RejectReason::DuplicateKey,
             RejectReason::AttestedField,
             RejectReason::UserAgentTooLong,
+            RejectReason::UserAgentTooLongForProcessor,
             RejectReason::LegacyEventErrored,
         ];
         // The body reasons are the POST drain's (`respond`, below); the
@@ -897,6 +921,64 @@ mod tests {
         );
         assert_eq!(f.metrics.accepted.get(), 0);
         assert_eq!(f.messages().len(), 1);
+    }
+
+    /// The varnishkafka line's user agent field as written, quotes and
+    /// escapes included, may be 800 characters (what the EventLogging
+    /// processor reads); one more is a 431 with a reason of its own. The
+    /// json line has no such limit.
+    #[test]
+    fn a_user_agent_the_processor_cannot_read_is_refused_on_the_varnishkafka_line() {
+        let f = fixture(|c| c.http.max_user_agent_bytes = 2048);
+        let at_limit = "u".repeat(798);
+        let past = "u".repeat(799);
+        // A tab is written as two characters: 797 + 1 tab = 800 as written.
+        let tab_at_limit = format!("{}\t", "u".repeat(796));
+        let tab_past = format!("{}\t", "u".repeat(797));
+        for (ua, ok) in [
+            (&at_limit, true),
+            (&past, false),
+            (&tab_at_limit, true),
+            (&tab_past, false),
+        ] {
+            let outcome = f.accept(OK, ua, "198.51.100.7", None);
+            if ok {
+                assert!(matches!(outcome, Outcome::Accepted), "{}", ua.len());
+            } else {
+                assert!(
+                    matches!(
+                        outcome,
+                        Outcome::Rejected(RejectReason::UserAgentTooLongForProcessor)
+                    ),
+                    "{}",
+                    ua.len()
+                );
+                assert_eq!(
+                    status(&outcome),
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                );
+            }
+        }
+        assert_eq!(f.messages().len(), 2);
+        for (_, line) in f.messages() {
+            let field = line.rsplit('\t').next().unwrap();
+            assert_eq!(field.chars().count(), 800, "{field}");
+        }
+        assert_eq!(
+            f.intake
+                .rejected
+                .get(RejectReason::UserAgentTooLongForProcessor),
+            2
+        );
+        // json: no processor reads the line; only http.max_user_agent_bytes.
+        let f = fixture(|c| {
+            c.http.max_user_agent_bytes = 2048;
+            c.output.format = OutputFormat::Json.into();
+        });
+        assert!(matches!(
+            f.accept(OK, &past, "198.51.100.7", None),
+            Outcome::Accepted
+        ));
     }
 
     #[test]
