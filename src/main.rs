@@ -116,7 +116,7 @@ fn reload_on_sighup(
                 let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
             }
             let Some(reloader) = reloader.clone() else {
-                tracing::info!("SIGHUP received: the events intake is off, no rules to reload");
+                tracing::info!("SIGHUP received: the events intake is off, nothing to reload");
                 continue;
             };
             tracing::info!("SIGHUP received: reloading the stream config and schemas");

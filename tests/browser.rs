@@ -522,7 +522,12 @@ async fn page_report(
     };
     let (ua, body) = tokio::time::timeout(PAGE_TIMEOUT, wait)
         .await
-        .unwrap_or_else(|_| panic!("no report from the page within {PAGE_TIMEOUT:?}"))
+        .unwrap_or_else(|_| {
+            let log = browser.log();
+            let start = log.char_indices().rev().nth(4000).map_or(0, |(i, _)| i);
+            let tail = &log[start..];
+            panic!("no report from the page within {PAGE_TIMEOUT:?}; chromium's log ends:\n{tail}")
+        })
         .expect("page server running");
     let v: Value = serde_json::from_slice(&body).expect("report is JSON");
     if let Some(e) = v.get("error") {

@@ -194,7 +194,7 @@ impl ListenerCounters {
             ),
             h2_closes: metrics.counter_set(
                 "h2_connections_closed",
-                "HTTP/2 connections that ended with an error (floods included), by h2 reason",
+                "HTTP/2 connections that ended with an error (reset storms included), by h2 reason",
             ),
         }
     }
