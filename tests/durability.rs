@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 use beacond::config::PropertyValue;
 use common::*;
 use rdkafka::mocking::MockCluster;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// Sends numbered beacons on one keep-alive connection (reconnecting when
 /// needed) until `stop` is set; returns the ids answered 204 and the count of
@@ -26,35 +24,19 @@ async fn load(
 ) -> (Vec<String>, HashMap<u16, u64>) {
     let mut ok = Vec::new();
     let mut other: HashMap<u16, u64> = HashMap::new();
-    let mut conn: Option<TcpStream> = None;
-    let mut n = 0u64;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let id = format!("{prefix}-{n}");
-        n += 1;
-        if conn.is_none() {
-            conn = TcpStream::connect(addr).await.ok();
-            if conn.is_none() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        }
-        let Some(s) = conn.as_mut() else { continue };
-        let req = format!(
-            "POST /beacon/event?%7B%22event%22%3A%7B%22id%22%3A%22{id}%22%7D%2C%22schema%22%3A%22T%22%2C%22revision%22%3A1%7D; HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
-        );
-        let answer = match s.write_all(req.as_bytes()).await {
-            Ok(()) => read_response(s).await.ok(),
-            Err(_) => None,
-        };
-        match answer {
-            Some(r) if r.status == 204 => ok.push(id),
-            Some(r) => *other.entry(r.status).or_default() += 1,
-            None => conn = None,
-        }
-        if !pause.is_zero() {
-            tokio::time::sleep(pause).await;
-        }
-    }
+    numbered_beacons(
+        addr,
+        &prefix,
+        BeaconMethod::EmptyPost,
+        pause,
+        &stop,
+        |id, status| match status {
+            Some(204) => ok.push(id),
+            Some(s) => *other.entry(s).or_default() += 1,
+            None => {}
+        },
+    )
+    .await;
     (ok, other)
 }
 

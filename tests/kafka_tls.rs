@@ -111,7 +111,7 @@ async fn beacons_reach_kafka_over_tls() {
     let broker = TlsBroker::start(&dir, &pki).await;
     let props = ssl_props(&pki.ca);
     let topic = unique_topic("tls");
-    create_topic_with(&broker.brokers(), &as_refs(&props), &topic).await;
+    create_topic_with(&broker.brokers(), &as_refs(&props), &topic, 1).await;
 
     let ports = (free_port(), free_port());
     let config = transport_config(
@@ -167,7 +167,7 @@ async fn an_untrusted_broker_certificate_is_a_loud_failure_and_beacons_spool() {
     let other = pki(&dir, "other");
     let broker = TlsBroker::start(&dir, &good).await;
     let topic = unique_topic("tls-untrusted");
-    create_topic_with(&broker.brokers(), &as_refs(&ssl_props(&good.ca)), &topic).await;
+    create_topic_with(&broker.brokers(), &as_refs(&ssl_props(&good.ca)), &topic, 1).await;
 
     // Without a spool: not ready, never reachable, and the log says why.
     let dir_a = dir.join("nospool");

@@ -21,8 +21,6 @@ use std::time::{Duration, Instant};
 use beacond::config::{PropertyValue, SpoolMode};
 use common::*;
 use rdkafka::mocking::MockCluster;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// A tmpfs mounted for the test, unmounted when dropped (lazily if files
 /// are still open, e.g. after a failed assertion).
@@ -92,41 +90,27 @@ async fn load(
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
 ) {
-    let mut conn: Option<TcpStream> = None;
-    let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        if conn.is_none() {
-            conn = TcpStream::connect(addr).await.ok();
-            if conn.is_none() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        }
-        let Some(s) = conn.as_mut() else { continue };
-        let id = format!("{prefix}-{n}");
-        n += 1;
-        let req = format!(
-            "GET /beacon/event?%7B%22event%22%3A%7B%22id%22%3A%22{id}%22%7D%2C%22schema%22%3A%22T%22%2C%22revision%22%3A1%7D; HTTP/1.1\r\nHost: t\r\n\r\n"
-        );
-        let answer = match s.write_all(req.as_bytes()).await {
-            Ok(()) => read_response(s).await.ok(),
-            Err(_) => None,
-        };
-        match answer {
-            Some(r) if r.status == 204 => {
+    numbered_beacons(
+        addr,
+        &prefix,
+        BeaconMethod::Get,
+        pause,
+        &stop,
+        |id, status| match status {
+            Some(204) => {
                 tally.ok.lock().unwrap().push(id);
                 tally.refused_in_a_row.store(0, Ordering::Relaxed);
             }
-            Some(r) => {
-                *tally.other.lock().unwrap().entry(r.status).or_default() += 1;
-                if r.status == 503 {
+            Some(s) => {
+                *tally.other.lock().unwrap().entry(s).or_default() += 1;
+                if s == 503 {
                     tally.refused_in_a_row.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            None => conn = None,
-        }
-        tokio::time::sleep(pause).await;
-    }
+            None => {}
+        },
+    )
+    .await;
 }
 
 /// The ids found in varnishkafka lines.

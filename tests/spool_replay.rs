@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 use beacond::config::{PropertyValue, SpoolMode};
 use common::*;
 use rdkafka::mocking::MockCluster;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// Sends numbered beacons on a keep-alive connection until `stop`; the ids
 /// answered 204 go to `ok`, other statuses are counted in `other`.
@@ -26,33 +24,19 @@ async fn load(
     ok: Arc<Mutex<Vec<String>>>,
     other: Arc<Mutex<HashMap<u16, u64>>>,
 ) {
-    let mut conn: Option<TcpStream> = None;
-    let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        if conn.is_none() {
-            conn = TcpStream::connect(addr).await.ok();
-            if conn.is_none() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        }
-        let Some(s) = conn.as_mut() else { continue };
-        let id = format!("r-{n}");
-        n += 1;
-        let req = format!(
-            "GET /beacon/event?%7B%22event%22%3A%7B%22id%22%3A%22{id}%22%7D%2C%22schema%22%3A%22T%22%2C%22revision%22%3A1%7D; HTTP/1.1\r\nHost: t\r\n\r\n"
-        );
-        let answer = match s.write_all(req.as_bytes()).await {
-            Ok(()) => read_response(s).await.ok(),
-            Err(_) => None,
-        };
-        match answer {
-            Some(r) if r.status == 204 => ok.lock().unwrap().push(id),
-            Some(r) => *other.lock().unwrap().entry(r.status).or_default() += 1,
-            None => conn = None,
-        }
-        tokio::time::sleep(pause).await;
-    }
+    numbered_beacons(
+        addr,
+        "r",
+        BeaconMethod::Get,
+        pause,
+        &stop,
+        |id, status| match status {
+            Some(204) => ok.lock().unwrap().push(id),
+            Some(s) => *other.lock().unwrap().entry(s).or_default() += 1,
+            None => {}
+        },
+    )
+    .await;
 }
 
 /// Polls the metrics until `done` holds; returns when it did.

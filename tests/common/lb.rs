@@ -307,36 +307,6 @@ pub fn tls_front(dir: &Path, pki: &Pki, tls_port: u16, broker_port: u16) -> Proc
     haproxy(dir, "haproxy-kafka-tls", &config)
 }
 
-/// A librdkafka client config: `bootstrap.servers` and `props`.
-pub fn kafka_client(brokers: &str, props: &[(&str, &str)]) -> rdkafka::ClientConfig {
-    let mut c = rdkafka::ClientConfig::new();
-    c.set("bootstrap.servers", brokers);
-    for (k, v) in props {
-        c.set(*k, *v);
-    }
-    c
-}
-
-/// Creates `topic` through a client configured with `props`.
-pub async fn create_topic_with(brokers: &str, props: &[(&str, &str)], topic: &str) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-        kafka_client(brokers, props).create().expect("admin client");
-    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
-    let results = admin
-        .create_topics(
-            [&new],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .expect("create_topics");
-    for r in results {
-        if let Err((name, code)) = r {
-            panic!("cannot create topic {name}: {code}");
-        }
-    }
-}
-
 /// Reads `topic` (partition 0, from the beginning) through a client
 /// configured with `props`, until `expected` payloads arrived or `timeout`.
 pub fn consume_with(
@@ -348,7 +318,7 @@ pub fn consume_with(
 ) -> Vec<Vec<u8>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{Message, Offset, TopicPartitionList};
-    let consumer: BaseConsumer = kafka_client(brokers, props)
+    let consumer: BaseConsumer = crate::common::kafka_client(brokers, props)
         .set("group.id", crate::common::unique_topic("g"))
         .set("enable.auto.commit", "false")
         .create()

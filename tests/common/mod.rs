@@ -53,10 +53,18 @@ pub fn unique_topic(prefix: &str) -> String {
 }
 
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
+    create_topic_with(brokers, &[], topic, partitions).await
+}
+
+/// [`create_topic`] through a client configured with `props` (TLS, SASL...).
+pub async fn create_topic_with(
+    brokers: &str,
+    props: &[(&str, &str)],
+    topic: &str,
+    partitions: i32,
+) {
+    let admin: AdminClient<DefaultClientContext> =
+        kafka_client(brokers, props).create().expect("admin client");
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let results = admin
         .create_topics(
@@ -610,4 +618,70 @@ impl Drop for ChildBeacond {
             self.kill();
         }
     }
+}
+
+/// How [`numbered_beacons`] sends each beacon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeaconMethod {
+    Get,
+    /// `POST` with an empty body, as `navigator.sendBeacon` sends one.
+    EmptyPost,
+}
+
+/// Sends numbered beacons (`event.id` = `{prefix}-{n}`) on one keep-alive
+/// connection, reconnecting when needed, one every `pause` (plus the
+/// answer's time), until `stop` is set. `answer` gets each id with its status,
+/// or `None` when no answer came (the connection is then dropped).
+pub async fn numbered_beacons(
+    addr: SocketAddr,
+    prefix: &str,
+    method: BeaconMethod,
+    pause: Duration,
+    stop: &std::sync::atomic::AtomicBool,
+    mut answer: impl FnMut(String, Option<u16>),
+) {
+    let mut conn: Option<TcpStream> = None;
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if conn.is_none() {
+            conn = TcpStream::connect(addr).await.ok();
+            if conn.is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        }
+        let Some(s) = conn.as_mut() else { continue };
+        let id = format!("{prefix}-{n}");
+        n += 1;
+        let target = format!(
+            "/beacon/event?%7B%22event%22%3A%7B%22id%22%3A%22{id}%22%7D%2C%22schema%22%3A%22T%22%2C%22revision%22%3A1%7D;"
+        );
+        let req = match method {
+            BeaconMethod::Get => format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n"),
+            BeaconMethod::EmptyPost => {
+                format!("POST {target} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+            }
+        };
+        let status = match s.write_all(req.as_bytes()).await {
+            Ok(()) => read_response(s).await.ok().map(|r| r.status),
+            Err(_) => None,
+        };
+        if status.is_none() {
+            conn = None;
+        }
+        answer(id, status);
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// A client config for `brokers` with `props` (TLS, SASL...) set.
+pub fn kafka_client(brokers: &str, props: &[(&str, &str)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in props {
+        c.set(*k, *v);
+    }
+    c
 }
