@@ -51,41 +51,74 @@ fn position(lines: &[String], line: &str) -> Option<usize> {
     lines.iter().position(|l| l == line)
 }
 
+/// A beacond child (on a mock cluster) whose service manager is a datagram
+/// socket the test reads, with `env` set for it.
+struct Notified {
+    _mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    child: std::process::Child,
+    sock: UnixDatagram,
+    log: std::path::PathBuf,
+}
+
+impl Notified {
+    fn start(name: &str, env: &[(&str, &str)]) -> Notified {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        let topic = unique_topic(name);
+        mock.create_topic(&topic, 1, 1).unwrap();
+        let dir = temp_dir(name);
+        let config = dir.join("beacond.toml");
+        std::fs::write(
+            &config,
+            test_config(&mock.bootstrap_servers(), &topic).to_toml(),
+        )
+        .unwrap();
+        let notify = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&notify).expect("bind the notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let log = dir.join("beacond.log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_beacond"));
+        command
+            .arg("--config")
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify)
+            .env("BEACOND_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("beacond starts");
+        Notified {
+            _mock: mock,
+            child,
+            sock,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
 #[test]
 fn ready_then_watchdog_pings_then_stopping_on_sigterm() {
-    let mock = MockCluster::new(1).expect("mock cluster");
-    let topic = unique_topic("systemd");
-    mock.create_topic(&topic, 1, 1).unwrap();
-    let dir = temp_dir("systemd");
-    let config = dir.join("beacond.toml");
-    std::fs::write(
-        &config,
-        test_config(&mock.bootstrap_servers(), &topic).to_toml(),
-    )
-    .unwrap();
-    let notify = dir.join("notify.sock");
-    let sock = UnixDatagram::bind(&notify).expect("bind the notify socket");
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let log = dir.join("beacond.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_beacond"))
-        .arg("--config")
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &notify)
-        // A 400 ms watchdog: pings every 200 ms.
-        .env("WATCHDOG_USEC", "400000")
-        .env("BEACOND_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("beacond starts");
-    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-
+    // A 400 ms watchdog: pings every 200 ms.
+    let mut svc = Notified::start("systemd", &[("WATCHDOG_USEC", "400000")]);
     let mut lines = Vec::new();
-    let pinged = read_until(&sock, &mut lines, Duration::from_secs(30), |l| {
+    let pinged = read_until(&svc.sock, &mut lines, Duration::from_secs(30), |l| {
         count(l, "WATCHDOG=1") >= 3
     });
-    assert!(pinged, "no READY and 3 pings: {lines:?}\n{}", log_text());
+    assert!(pinged, "no READY and 3 pings: {lines:?}\n{}", svc.log());
     let ready = position(&lines, "READY=1").expect("READY=1 sent");
     let first_ping = position(&lines, "WATCHDOG=1").unwrap();
     assert!(ready < first_ping, "READY=1 comes first: {lines:?}");
@@ -97,12 +130,8 @@ fn ready_then_watchdog_pings_then_stopping_on_sigterm() {
     );
     assert_eq!(position(&lines, "STOPPING=1"), None);
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let stopped = read_until(&sock, &mut lines, Duration::from_secs(30), |l| {
+    svc.sigterm();
+    let stopped = read_until(&svc.sock, &mut lines, Duration::from_secs(30), |l| {
         position(l, "STOPPING=1").is_some()
     });
     assert!(stopped, "no STOPPING=1 after SIGTERM: {lines:?}");
@@ -116,13 +145,13 @@ fn ready_then_watchdog_pings_then_stopping_on_sigterm() {
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = svc.child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "no exit; log:\n{}", log_text());
+        assert!(Instant::now() < deadline, "no exit; log:\n{}", svc.log());
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(exit.code(), Some(0), "{}", log_text());
+    assert_eq!(exit.code(), Some(0), "{}", svc.log());
     assert_eq!(count(&lines, "READY=1"), 1, "{lines:?}");
 }
 
@@ -130,47 +159,25 @@ fn ready_then_watchdog_pings_then_stopping_on_sigterm() {
 /// process's, so no `WATCHDOG=1` is sent (`READY=1` still is).
 #[test]
 fn a_watchdog_meant_for_another_process_is_ignored() {
-    let mock = MockCluster::new(1).expect("mock cluster");
-    let topic = unique_topic("systemd-off");
-    mock.create_topic(&topic, 1, 1).unwrap();
-    let dir = temp_dir("systemd-off");
-    let config = dir.join("beacond.toml");
-    std::fs::write(
-        &config,
-        test_config(&mock.bootstrap_servers(), &topic).to_toml(),
-    )
-    .unwrap();
-    let notify = dir.join("notify.sock");
-    let sock = UnixDatagram::bind(&notify).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let log = dir.join("beacond.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_beacond"))
-        .arg("--config")
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &notify)
-        .env("WATCHDOG_USEC", "100000")
-        .env("WATCHDOG_PID", "1")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut svc = Notified::start(
+        "systemd-off",
+        &[("WATCHDOG_USEC", "100000"), ("WATCHDOG_PID", "1")],
+    );
     let mut lines = Vec::new();
     assert!(read_until(
-        &sock,
+        &svc.sock,
         &mut lines,
         Duration::from_secs(30),
         |l| { position(l, "READY=1").is_some() }
     ));
     // Over a second of serving, a 100 ms watchdog would have pinged ~20 times.
-    read_until(&sock, &mut lines, Duration::from_millis(1200), |_| false);
+    read_until(&svc.sock, &mut lines, Duration::from_millis(1200), |_| {
+        false
+    });
     assert_eq!(count(&lines, "WATCHDOG=1"), 0, "{lines:?}");
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let exit = child.wait().unwrap();
-    assert_eq!(exit.code(), Some(0));
+    svc.sigterm();
+    let exit = svc.child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0), "{}", svc.log());
 }
 
 /// `systemd-analyze verify` accepts the example unit (with `ExecStart`
