@@ -217,13 +217,8 @@ mod tests {
         d
     }
 
-    #[test]
-    fn labels() {
-        crate::metrics::check_label_set::<CertificateReload>().unwrap();
-    }
-
-    #[test]
-    fn a_pair_loads_and_a_reload_swaps_it() {
+    /// A terminator loaded from a fresh pair: its directory and files.
+    fn loaded() -> (PathBuf, PathBuf, PathBuf, TlsTerminator) {
         let dir = temp();
         let (cert, key) = write_pair(&dir, "a");
         let tls = TlsTerminator::new(&TlsConfig {
@@ -231,6 +226,17 @@ mod tests {
             key: key.clone(),
         })
         .unwrap();
+        (dir, cert, key, tls)
+    }
+
+    #[test]
+    fn labels() {
+        crate::metrics::check_label_set::<CertificateReload>().unwrap();
+    }
+
+    #[test]
+    fn a_pair_loads_and_a_reload_swaps_it() {
+        let (dir, cert, key, tls) = loaded();
         let before = tls.slot.current.load_full();
         let (c2, k2) = write_pair(&dir, "b");
         std::fs::rename(c2, &cert).unwrap();
@@ -242,13 +248,7 @@ mod tests {
 
     #[test]
     fn a_bad_reload_keeps_the_certificate_in_force() {
-        let dir = temp();
-        let (cert, key) = write_pair(&dir, "a");
-        let tls = TlsTerminator::new(&TlsConfig {
-            cert: cert.clone(),
-            key: key.clone(),
-        })
-        .unwrap();
+        let (dir, cert, key, tls) = loaded();
         let before = tls.slot.current.load_full();
         // A key of another certificate: refused as a mismatch.
         let (_, other_key) = write_pair(&dir, "b");
