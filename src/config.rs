@@ -55,6 +55,10 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// Threads that serve requests (the async runtime's workers): 0 is one
+    /// per CPU the process may run on (its affinity mask, cgroup quota
+    /// included); 1 is a single-threaded runtime, with no work stealing.
+    pub workers: usize,
     pub routes: Vec<String>,
     pub max_query_bytes: usize,
     pub max_user_agent_bytes: usize,
@@ -124,6 +128,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            workers: 0,
             routes: vec!["/beacon/event".into(), "/event.gif".into()],
             max_query_bytes: 8192,
             max_user_agent_bytes: 2048,

@@ -290,49 +290,59 @@ pub fn decode_beacon<'b>(
 }
 
 /// `+` to space, then `%XX` to the byte it names; a `%` without two hex digits
-/// after it is an error.
+/// after it is an error. Runs of plain bytes are found with `memchr2` and
+/// copied in one go; the output never outgrows the input, so it is sized
+/// once and written in place.
 fn unquote_plus(input: &[u8], out: &mut Vec<u8>) -> Result<(), RejectReason> {
     out.clear();
-    out.reserve(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        let b = input[i];
-        match b {
-            b'+' => {
-                out.push(b' ');
-                i += 1;
+    out.resize(input.len(), 0);
+    let mut read = 0;
+    let mut written = 0;
+    while read < input.len() {
+        let run = memchr::memchr2(b'%', b'+', &input[read..]).unwrap_or(input.len() - read);
+        out[written..written + run].copy_from_slice(&input[read..read + run]);
+        written += run;
+        read += run;
+        let Some(&escape) = input.get(read) else {
+            break;
+        };
+        if escape == b'+' {
+            out[written] = b' ';
+            read += 1;
+        } else {
+            let (Some(&hi), Some(&lo)) = (input.get(read + 1), input.get(read + 2)) else {
+                out.truncate(written);
+                return Err(RejectReason::BadPercentEncoding);
+            };
+            let (hi, lo) = (HEX[usize::from(hi)], HEX[usize::from(lo)]);
+            if (hi | lo) & 0xF0 != 0 {
+                out.truncate(written);
+                return Err(RejectReason::BadPercentEncoding);
             }
-            b'%' => {
-                let hi = input.get(i + 1).and_then(|&h| hex_value(h));
-                let lo = input.get(i + 2).and_then(|&l| hex_value(l));
-                match (hi, lo) {
-                    (Some(hi), Some(lo)) => out.push(hi << 4 | lo),
-                    _ => return Err(RejectReason::BadPercentEncoding),
-                }
-                i += 3;
-            }
-            _ => {
-                // Copy the run of plain bytes up to the next escape in one go.
-                let run = input[i..]
-                    .iter()
-                    .position(|&c| c == b'%' || c == b'+')
-                    .unwrap_or(input.len() - i);
-                out.extend_from_slice(&input[i..i + run]);
-                i += run;
-            }
+            out[written] = hi << 4 | lo;
+            read += 3;
         }
+        written += 1;
     }
+    out.truncate(written);
     Ok(())
 }
 
-fn hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
+/// The value of each hex digit; 0xFF for every other byte.
+static HEX: [u8; 256] = {
+    let mut table = [0xFF; 256];
+    let mut c = 0;
+    while c < 256 {
+        table[c] = match c as u8 {
+            b @ b'0'..=b'9' => b - b'0',
+            b @ b'a'..=b'f' => b - b'a' + 10,
+            b @ b'A'..=b'F' => b - b'A' + 10,
+            _ => 0xFF,
+        };
+        c += 1;
     }
-}
+    table
+};
 
 /// Valid JSON, an object at the top without a duplicate key, nested no
 /// deeper than [`MAX_JSON_DEPTH`]; returns the attested fields among its keys.
@@ -456,23 +466,29 @@ impl<'de> Deserialize<'de> for Key<'de> {
 
 /// True when brackets outside strings nest deeper than `limit`. Only
 /// meaningful for the nesting of valid JSON; invalid JSON is caught after.
+/// Inside a string, jumps to its next quote or backslash with `memchr2`.
 fn json_depth_exceeds(bytes: &[u8], limit: usize) -> bool {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // To the closing quote, past escaped characters.
+                i += 1;
+                loop {
+                    let Some(at) = memchr::memchr2(b'"', b'\\', &bytes[i..]) else {
+                        return false; // unterminated: invalid, caught after
+                    };
+                    i += at;
+                    if bytes[i] == b'"' {
+                        break;
+                    }
+                    i += 2; // the backslash and the character it escapes
+                    if i >= bytes.len() {
+                        return false;
+                    }
+                }
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'{' | b'[' => {
                 depth += 1;
                 if depth > limit {
@@ -482,6 +498,7 @@ fn json_depth_exceeds(bytes: &[u8], limit: usize) -> bool {
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     false
 }
@@ -777,6 +794,89 @@ mod tests {
                 let mut buf = Vec::new();
                 let _ = decode_beacon(&q, 8192, &mut buf);
             }
+
+            /// The fast decoder against a byte-at-a-time one, on inputs
+            /// dense with escapes, bad ones included.
+            #[test]
+            fn unquote_matches_a_plain_decoder(
+                input in prop::collection::vec(
+                    prop_oneof![
+                        Just(b'%'), Just(b'+'), Just(b'A'), Just(b'f'), Just(b'7'),
+                        Just(b'g'), any::<u8>(),
+                    ],
+                    0..200,
+                )
+            ) {
+                let mut out = vec![1, 2, 3];
+                let got = unquote_plus(&input, &mut out).map(|()| out);
+                prop_assert_eq!(got, plain_unquote(&input));
+            }
+
+            /// The memchr depth scan against a byte-at-a-time one.
+            #[test]
+            fn depth_scan_matches_a_plain_scan(
+                input in prop::collection::vec(
+                    prop_oneof![
+                        Just(b'"'), Just(b'\\'), Just(b'['), Just(b']'), Just(b'{'),
+                        Just(b'}'), Just(b'a'),
+                    ],
+                    0..120,
+                ),
+                limit in 0usize..6,
+            ) {
+                prop_assert_eq!(json_depth_exceeds(&input, limit), plain_depth_exceeds(&input, limit));
+            }
+        }
+
+        fn plain_unquote(input: &[u8]) -> Result<Vec<u8>, RejectReason> {
+            let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < input.len() {
+                match input[i] {
+                    b'+' => out.push(b' '),
+                    b'%' => {
+                        let hi = input.get(i + 1).and_then(|&c| hex(c));
+                        let lo = input.get(i + 2).and_then(|&c| hex(c));
+                        let (Some(hi), Some(lo)) = (hi, lo) else {
+                            return Err(RejectReason::BadPercentEncoding);
+                        };
+                        out.push(hi << 4 | lo);
+                        i += 2;
+                    }
+                    b => out.push(b),
+                }
+                i += 1;
+            }
+            Ok(out)
+        }
+
+        fn plain_depth_exceeds(bytes: &[u8], limit: usize) -> bool {
+            let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+            for &b in bytes {
+                if in_string {
+                    if escaped {
+                        escaped = false;
+                    } else if b == b'\\' {
+                        escaped = true;
+                    } else if b == b'"' {
+                        in_string = false;
+                    }
+                    continue;
+                }
+                match b {
+                    b'"' => in_string = true,
+                    b'{' | b'[' => {
+                        depth += 1;
+                        if depth > limit {
+                            return true;
+                        }
+                    }
+                    b'}' | b']' => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
+            }
+            false
         }
     }
 }

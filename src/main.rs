@@ -59,11 +59,24 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let workers = match config.http.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    // One worker: no work stealing, no cross-thread wake-ups.
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let runtime = builder
         .enable_all()
         .thread_name("beacond-worker")
         .build()
         .context("cannot start the runtime")?;
+    tracing::info!(workers, "runtime started");
     runtime.block_on(async {
         // SIGHUP's default action is to end the process: take it over
         // before anything else, so a HUP during start-up, or while the events

@@ -216,3 +216,68 @@ fn the_ready_file_and_the_serving_line_name_the_bound_addresses() {
     let (code, log) = svc.stop();
     assert_eq!(code, Some(0), "{log}");
 }
+
+/// `http.workers`: 1 is a single-threaded runtime, N a multi-threaded one
+/// with N workers, 0 one per CPU the process may run on (here, pinned to one
+/// core with taskset: 1). Each serves beacons to Kafka and stops cleanly.
+#[test]
+#[ignore = "needs a broker"]
+fn workers_shape_the_runtime() {
+    let brokers = require_broker();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pinned = Command::new("taskset").arg("--version").output().is_ok();
+    let mut cases = vec![(1, false, 1), (3, false, 3)];
+    if pinned {
+        cases.push((0, true, 1));
+    }
+    for (workers, pin, want) in cases {
+        let topic = unique_topic("workers");
+        rt.block_on(create_topic(&brokers, &topic, 3));
+        let dir = temp_dir("cli-workers");
+        let cfg = write_config(&format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\nworkers = {workers}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [output]\nhostname = \"workers-host\"\n[kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\n\
+             [spool]\ndir = \"{}\"\n",
+            dir.join("spool").display()
+        ));
+        let child = if pin {
+            // taskset itself execs beacond: the pid is beacond's.
+            ChildBeacond::start_with(&dir, &cfg.0, "beacond.log", |c| {
+                let program = c.get_program().to_owned();
+                let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
+                *c = {
+                    let mut t = Command::new("taskset");
+                    t.arg("-c").arg("0").arg(program).args(args);
+                    t.env("BEACOND_LOG", "info")
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::fs::File::create(dir.join("beacond.log")).unwrap());
+                    t
+                };
+            })
+        } else {
+            ChildBeacond::start(&dir, &cfg.0, "beacond.log")
+        };
+        let (beacon, admin) = (child.beacon, child.admin);
+        rt.block_on(async {
+            wait_http(admin, "/readyz", false).await;
+            for i in 0..100 {
+                let r = get(beacon, &format!("/beacon/event?%7B%22n%22%3A{i}%7D;"), &[]).await;
+                assert_eq!(r.status, 204, "workers = {workers}");
+            }
+        });
+        let (code, log) = child.stop();
+        assert_eq!(code, Some(0), "workers = {workers}; log:\n{log}");
+        assert!(
+            log.contains(&format!("runtime started workers={want}")),
+            "workers = {workers}, pinned: {pin}: want {want}; log:\n{log}"
+        );
+        let got = consume(
+            &brokers,
+            &topic,
+            100,
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+        );
+        assert_eq!(got.len(), 100, "workers = {workers}");
+    }
+}
