@@ -12,10 +12,10 @@
 #   CONNS=2000 loadtest/conn-memory.sh
 #   BEACOND=path/to/beacond SKIP_BUILD=1 loadtest/conn-memory.sh
 #
-# beacond runs with its defaults but for `http.max_connections` (N + 100) and
+# beacond runs with its defaults but for `http.max_connections` (N + 1000) and
 # `http.header_read_timeout_ms` (120 s: it is also the idle keep-alive
 # timeout, and must outlast the measurement). nginx runs one worker with
-# `worker_connections` N + 100 and keepalive_timeout 120 s; its RSS is the
+# `worker_connections` 2N + 1000 and keepalive_timeout 120 s; its RSS is the
 # sum of its master and worker. RSS is VmRSS from /proc (resident pages, the
 # kernel's socket buffers not included for either). The client, in Python,
 # holds the connections from core 1; the servers run on core 0.
@@ -33,7 +33,7 @@ mkdir -p "$OUT/nginx/logs"
 log() { printf 'conn-memory: %s\n' "$*" >&2; }
 
 # The client holds 2N sockets at most (one server at a time, N each); the
-# servers N + 100 each.
+# servers about as many.
 ulimit -n $((CONNS * 2 + 1000)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" -lt $((CONNS + 200)) ]; then
   log "open-file limit $(ulimit -n) is too low for $CONNS connections"; exit 2
@@ -86,11 +86,11 @@ BEACOND_BROKER_PORT=$BROKER_PORT scripts/dev-broker create-topic "$TOPIC" 3 >/de
 
 cat >"$OUT/nginx/nginx.conf" <<CONF
 worker_processes 1;
-worker_rlimit_nofile $((CONNS + 1000));
+worker_rlimit_nofile $((CONNS * 2 + 2000));
 daemon off;
 pid $OUT/nginx/nginx.pid;
 error_log $OUT/nginx/logs/error.log warn;
-events { worker_connections $((CONNS + 100)); }
+events { worker_connections $((CONNS * 2 + 1000)); }
 http {
   access_log off;
   keepalive_requests 10000000;
@@ -114,7 +114,7 @@ wait_http "$NGINX_PORT" /
 cat >"$OUT/beacond.toml" <<CONF
 [http]
 listen = "127.0.0.1:$BEACON_PORT"
-max_connections = $((CONNS + 100))
+max_connections = $((CONNS + 1000))
 header_read_timeout_ms = 120000
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
