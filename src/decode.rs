@@ -290,7 +290,7 @@ pub fn decode_beacon<'b>(
 }
 
 /// `+` to space, then `%XX` to the byte it names; a `%` without two hex digits
-/// after it is an error. Runs of plain bytes are found with `memchr2` and
+/// after it is an error. Runs of plain bytes are found with [`find2`] and
 /// copied in one go; the output never outgrows the input, so it is sized
 /// once and written in place.
 fn unquote_plus(input: &[u8], out: &mut Vec<u8>) -> Result<(), RejectReason> {
@@ -299,10 +299,12 @@ fn unquote_plus(input: &[u8], out: &mut Vec<u8>) -> Result<(), RejectReason> {
     let mut read = 0;
     let mut written = 0;
     while read < input.len() {
-        let run = memchr::memchr2(b'%', b'+', &input[read..]).unwrap_or(input.len() - read);
-        out[written..written + run].copy_from_slice(&input[read..read + run]);
-        written += run;
-        read += run;
+        let run = find2(b'%', b'+', &input[read..]).unwrap_or(input.len() - read);
+        if run > 0 {
+            out[written..written + run].copy_from_slice(&input[read..read + run]);
+            written += run;
+            read += run;
+        }
         let Some(&escape) = input.get(read) else {
             break;
         };
@@ -326,6 +328,22 @@ fn unquote_plus(input: &[u8], out: &mut Vec<u8>) -> Result<(), RejectReason> {
     }
     out.truncate(written);
     Ok(())
+}
+
+/// The first `a` or `b` in `hay`: a plain loop over the first bytes, where
+/// most runs in a beacon end (between two escapes, inside a short string),
+/// then `memchr2`, vectorized, for what is left of a long run.
+#[inline]
+fn find2(a: u8, b: u8, hay: &[u8]) -> Option<usize> {
+    const SHORT: usize = 16;
+    let head = &hay[..hay.len().min(SHORT)];
+    if let Some(at) = head.iter().position(|&c| c == a || c == b) {
+        return Some(at);
+    }
+    if hay.len() <= SHORT {
+        return None;
+    }
+    memchr::memchr2(a, b, &hay[SHORT..]).map(|at| at + SHORT)
 }
 
 /// The value of each hex digit; 0xFF for every other byte.
@@ -466,7 +484,7 @@ impl<'de> Deserialize<'de> for Key<'de> {
 
 /// True when brackets outside strings nest deeper than `limit`. Only
 /// meaningful for the nesting of valid JSON; invalid JSON is caught after.
-/// Inside a string, jumps to its next quote or backslash with `memchr2`.
+/// Inside a string, jumps to its next quote or backslash with [`find2`].
 fn json_depth_exceeds(bytes: &[u8], limit: usize) -> bool {
     let mut depth = 0usize;
     let mut i = 0;
@@ -476,7 +494,7 @@ fn json_depth_exceeds(bytes: &[u8], limit: usize) -> bool {
                 // To the closing quote, past escaped characters.
                 i += 1;
                 loop {
-                    let Some(at) = memchr::memchr2(b'"', b'\\', &bytes[i..]) else {
+                    let Some(at) = find2(b'"', b'\\', &bytes[i..]) else {
                         return false; // unterminated: invalid, caught after
                     };
                     i += at;
