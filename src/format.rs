@@ -233,6 +233,15 @@ pub fn user_agent_field_chars(ua: &[u8]) -> usize {
 /// bytes that are not UTF-8 become `\t`, `\n`, `\r` or `\xHH`, a backslash
 /// becomes `\\`; everything else, quotes included, passes as is.
 pub fn escape_user_agent(ua: &[u8], out: &mut Vec<u8>) {
+    // Nearly every user agent is printable ASCII without a backslash: one
+    // copy. The test has no early exit, so it compiles to a vector loop.
+    let plain = !ua.iter().fold(false, |odd, &b| {
+        odd | !(0x20..0x7f).contains(&b) | (b == b'\\')
+    });
+    if plain {
+        out.extend_from_slice(ua);
+        return;
+    }
     for chunk in ua.utf8_chunks() {
         let valid = chunk.valid().as_bytes();
         let mut start = 0;
