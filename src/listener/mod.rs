@@ -41,7 +41,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::http1 as hyper_http1;
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::graceful::GracefulShutdown;
 use ipnet::IpNet;
@@ -50,6 +50,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 mod connection;
+pub mod http1;
 mod write_timeout;
 
 use connection::ConnectionContext;
@@ -364,7 +365,7 @@ pub async fn serve_with_edge<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    let mut h1 = http1::Builder::new();
+    let mut h1 = hyper_http1::Builder::new();
     let max_buf_size = settings.max_buf_size.max(8192);
     h1.timer(TokioTimer::new())
         .keep_alive(true)
