@@ -264,6 +264,18 @@ impl<S> Prefixed<S> {
             inner,
         }
     }
+
+    /// Whether bytes read with the header are still to be yielded: a read
+    /// is ready at once, whatever the inner stream says (the HTTP/1 driver
+    /// asks before it takes a read buffer).
+    pub fn has_buffered(&self) -> bool {
+        self.pos < self.prefix.len()
+    }
+
+    /// The stream after the prefix.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

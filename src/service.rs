@@ -364,7 +364,7 @@ impl Service {
         let admin_task = {
             let metrics = metrics.clone();
             let readiness = readiness.clone();
-            let handler = move |req: http::Request<hyper::body::Incoming>, _peer| {
+            let handler = move |req: http::Request<listener::RequestBody>, _peer| {
                 let response = admin::handle(&req, &metrics, &readiness);
                 async move { response }
             };
@@ -383,7 +383,7 @@ impl Service {
             ))
         };
 
-        let handler = move |req: http::Request<hyper::body::Incoming>, peer| {
+        let handler = move |req: http::Request<listener::RequestBody>, peer| {
             let intake = intake.clone();
             async move { intake.handle(req, peer).await }
         };

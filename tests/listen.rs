@@ -12,12 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use beacond::config::Config;
-use beacond::listener::{self, ConnectionSettings};
+use beacond::listener::{self, ConnectionSettings, RequestBody};
 use bytes::Bytes;
 use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -56,7 +55,7 @@ async fn a_request_unfinished_when_the_grace_ends_is_never_answered() {
     let answered = Arc::new(AtomicUsize::new(0));
     let handler = {
         let (started, answered) = (started.clone(), answered.clone());
-        move |req: Request<Incoming>, _peer: SocketAddr| {
+        move |req: Request<RequestBody>, _peer: SocketAddr| {
             let (started, answered) = (started.clone(), answered.clone());
             async move {
                 started.fetch_add(1, Ordering::SeqCst);

@@ -25,3 +25,17 @@ pub mod stream_config;
 pub mod testing;
 #[path = "../../src/validation.rs"]
 pub mod validation;
+#[path = "../../src/listener/http1/chunked.rs"]
+#[doc(hidden)]
+pub mod http1_chunked;
+#[path = "../../src/listener/http1/head.rs"]
+#[doc(hidden)]
+pub mod http1_head;
+/// The listener's HTTP/1 parsers (heads, chunked bodies): pure modules,
+/// under their paths in beacond.
+pub mod listener {
+    pub mod http1 {
+        pub use crate::http1_chunked as chunked;
+        pub use crate::http1_head as head;
+    }
+}

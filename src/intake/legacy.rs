@@ -1092,7 +1092,7 @@ mod tests {
         assert_eq!(f.intake.refused.get(RefusalReason::SpoolFull), 1);
     }
 
-    /// A POST body that fails as hyper fails it.
+    /// A POST body that fails as hyper (HTTP/2) fails it.
     fn failing_post(
         kind: std::io::ErrorKind,
     ) -> Request<http_body_util::channel::Channel<Bytes, BoxError>> {

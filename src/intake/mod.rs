@@ -32,6 +32,7 @@ use prometheus_client::metrics::counter::Counter;
 use crate::client_ip::{ClientIpResolver, Peer, PeerOrigin};
 use crate::config::{Config, RateLimitExceeded};
 use crate::filter::BeaconFilter;
+use crate::listener::http1::BodyError as Http1BodyError;
 use crate::metrics::{CounterSet, LabelSet, Metrics, RouteCounters};
 use crate::rate_limit::{ClientRateLimiter, Limit};
 use crate::sink::{EnqueueError, MessageSink};
@@ -418,15 +419,23 @@ where
         .map_err(|_| BodyError::Timeout)?
 }
 
-/// What a body error means. hyper reports a body cut short by the peer as
-/// `UnexpectedEof` (or an incomplete message, or a reset), and broken chunked
-/// framing as `InvalidData`/`InvalidInput`, an `io::Error` in the source chain.
+/// What a body error means. The listener's HTTP/1 driver says so itself
+/// ([`Http1BodyError`]: malformed chunked framing, or cut short). hyper
+/// (HTTP/2) reports a body cut short by the peer as `UnexpectedEof` (or an
+/// incomplete message, or a reset), and broken framing as
+/// `InvalidData`/`InvalidInput`, an `io::Error` in the source chain.
 fn classify(e: BoxError) -> BodyError {
     if e.is::<http_body_util::LengthLimitError>() {
         return BodyError::TooLarge;
     }
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
     while let Some(err) = cause {
+        if let Some(h1) = err.downcast_ref::<Http1BodyError>() {
+            return match h1 {
+                Http1BodyError::Malformed(_) => BodyError::Malformed,
+                Http1BodyError::Incomplete | Http1BodyError::Io(_) => BodyError::Incomplete,
+            };
+        }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             return match io.kind() {
                 std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
@@ -551,6 +560,24 @@ mod tests {
             BodyError::Malformed
         );
         assert_eq!(classify("connection error".into()), BodyError::Incomplete);
+        // The HTTP/1 driver's own errors, wrapped or not.
+        use crate::listener::http1::chunked::ChunkedError;
+        assert_eq!(
+            classify(Box::new(Http1BodyError::Malformed(ChunkedError::Size))),
+            BodyError::Malformed
+        );
+        assert_eq!(
+            classify(Box::new(Http1BodyError::Incomplete)),
+            BodyError::Incomplete
+        );
+        // A reset is a client gone, even though it is an io::Error inside.
+        assert_eq!(
+            classify(Box::new(Http1BodyError::Io(Error::new(
+                ErrorKind::InvalidData,
+                "x"
+            )))),
+            BodyError::Incomplete
+        );
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! One accepted connection, from its first byte to its end: the PROXY
 //! header (when on), the write timeout, the TLS handshake (when `[http.tls]`
-//! is set), then HTTP/1.1, or HTTP/2 when the client chose `h2` by ALPN, and
-//! what its end means for the counters.
+//! is set), then HTTP/1.1 (this crate's driver, [`super::http1`]), or HTTP/2
+//! (hyper) when the client chose `h2` by ALPN, and what its end means for
+//! the counters.
 //!
 //! HTTP/2 is offered over TLS only (browsers speak it nowhere else) and runs
 //! with the limits of `[http.h2]`: concurrent streams, header list size, the
@@ -24,17 +25,17 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::Watcher;
 use ipnet::IpNet;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use super::write_timeout::{is_write_timeout, WriteTimeout};
-use super::{ConnectionClose, ConnectionRefusal, ListenerCounters};
+use super::http1::{self, conn::Http1Settings, io::Io};
+use super::write_timeout::{is_write_timeout, is_write_timeout_io, WriteTimeout};
+use super::{ConnectionClose, ConnectionRefusal, ListenerCounters, RequestBody};
 use crate::config::H2Config;
 use crate::metrics::{LabelSet, Metrics};
 use crate::proxy_protocol::{self, PeerOrigin, ProxyError};
@@ -119,7 +120,8 @@ impl H2Close {
 
 /// What every connection of a listener shares.
 pub(super) struct ConnectionContext {
-    pub h1: http1::Builder,
+    /// HTTP/1.x: this crate's driver ([`super::http1`]).
+    pub h1: Http1Settings,
     /// `Some` with TLS: HTTP/2 for the connections that choose it.
     pub h2: Option<http2::Builder<TokioExecutor>>,
     pub tls: Option<TlsAcceptor>,
@@ -142,15 +144,17 @@ pub(super) fn h2_builder(limits: &H2Config, max_header_list: u32) -> http2::Buil
 }
 
 impl ConnectionContext {
-    /// Serves one accepted connection until it ends.
+    /// Serves one accepted connection until it ends. `shutdown` turns true
+    /// when the listener stops (idle connections close, busy ones finish
+    /// their request).
     pub async fn serve<H, F>(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
         handler: H,
-        watcher: Watcher,
+        mut shutdown: watch::Receiver<bool>,
     ) where
-        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
     {
         if let Some(m) = &self.metrics {
@@ -166,7 +170,14 @@ impl ConnectionContext {
                 let is_trusted = trusted
                     .iter()
                     .any(|n| n.contains(&peer.ip().to_canonical()));
-                match proxy_protocol::accept(stream, peer, is_trusted, self.header_timeout).await {
+                let accepted = Box::pin(proxy_protocol::accept(
+                    stream,
+                    peer,
+                    is_trusted,
+                    self.header_timeout,
+                ))
+                .await;
+                match accepted {
                     Ok(accepted) => (accepted.stream, accepted.peer, accepted.origin),
                     Err(e) => {
                         if let (Some(c), false) = (&self.counters, e == ProxyError::Closed) {
@@ -179,9 +190,31 @@ impl ConnectionContext {
             }
         };
         let stream = WriteTimeout::new(stream, self.write_timeout);
-        let Some(acceptor) = &self.tls else {
-            return self.serve_h1(stream, peer, origin, handler, watcher).await;
-        };
+        match &self.tls {
+            None => {
+                self.serve_h1(Box::new(stream), peer, origin, &handler, &mut shutdown)
+                    .await
+            }
+            // Boxed: the handshake's and HTTP/2's state is large, and plain
+            // connections should not carry it.
+            Some(acceptor) => {
+                Box::pin(self.serve_tls(acceptor, stream, peer, origin, handler, shutdown)).await
+            }
+        }
+    }
+
+    async fn serve_tls<H, F>(
+        &self,
+        acceptor: &TlsAcceptor,
+        stream: WriteTimeout<proxy_protocol::Prefixed<TcpStream>>,
+        peer: SocketAddr,
+        origin: PeerOrigin,
+        handler: H,
+        mut shutdown: watch::Receiver<bool>,
+    ) where
+        H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
         let handshake = tokio::time::timeout(self.header_timeout, acceptor.accept(stream)).await;
         let stream = match handshake {
             Ok(Ok(s)) => s,
@@ -195,40 +228,52 @@ impl ConnectionContext {
         match (&self.h2, is_h2) {
             (Some(h2), true) => {
                 let service = service(handler, peer, origin);
-                let conn = watcher.watch(h2.serve_connection(TokioIo::new(stream), service));
+                let conn = h2.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
                 let open = OpenGauge::new(self.metrics.as_deref());
-                let result = conn.await;
+                let mut stopping = false;
+                let result = loop {
+                    tokio::select! {
+                        result = conn.as_mut() => break result,
+                        _ = shutdown.wait_for(|stop| *stop), if !stopping => {
+                            // GOAWAY: streams in flight finish, no new ones.
+                            conn.as_mut().graceful_shutdown();
+                            stopping = true;
+                        }
+                    }
+                };
                 drop(open);
                 if let Err(e) = &result {
-                    self.ended_with(peer, e, None);
+                    self.ended_with(peer, is_write_timeout(e), e, None);
                     if let Some(c) = &self.counters {
                         c.h2_closes.inc(H2Close::of(e));
                     }
                 }
             }
-            _ => self.serve_h1(stream, peer, origin, handler, watcher).await,
+            _ => {
+                self.serve_h1(Box::new(stream), peer, origin, &handler, &mut shutdown)
+                    .await
+            }
         }
     }
 
-    async fn serve_h1<S, H, F>(
+    async fn serve_h1<H, F>(
         &self,
-        stream: S,
+        io: Box<dyn Io>,
         peer: SocketAddr,
         origin: PeerOrigin,
-        handler: H,
-        watcher: Watcher,
+        handler: &H,
+        shutdown: &mut watch::Receiver<bool>,
     ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
     {
-        let service = service(handler, peer, origin);
-        let conn = watcher.watch(self.h1.serve_connection(TokioIo::new(stream), service));
         let open = OpenGauge::new(self.metrics.as_deref());
-        let result = conn.await;
+        let result = http1::conn::serve(io, peer, origin, handler, self.h1, shutdown).await;
         drop(open);
         if let Err(e) = &result {
-            self.ended_with(peer, e, hyper_answer(e));
+            let write_timeout = e.io().is_some_and(is_write_timeout_io);
+            self.ended_with(peer, write_timeout, e, e.answered());
         }
     }
 
@@ -240,15 +285,21 @@ impl ConnectionContext {
     }
 
     /// Counts a connection that ended with an error; `answered` is the
-    /// status hyper wrote itself, if it did.
-    fn ended_with(&self, peer: SocketAddr, e: &hyper::Error, answered: Option<StatusCode>) {
+    /// status the listener wrote itself, if it did.
+    fn ended_with(
+        &self,
+        peer: SocketAddr,
+        write_timeout: bool,
+        e: &dyn std::error::Error,
+        answered: Option<StatusCode>,
+    ) {
         if let Some(m) = &self.metrics {
             m.connection_errors.inc();
         }
         if let (Some(c), Some(status)) = (&self.counters, answered) {
             c.unparsed.count(status);
         }
-        if is_write_timeout(e) {
+        if write_timeout {
             if let Some(c) = &self.counters {
                 c.closes.inc(ConnectionClose::WriteTimeout);
             }
@@ -259,10 +310,10 @@ impl ConnectionContext {
     }
 }
 
-/// The hyper service of one connection: the handler with the connection's
-/// peer; when a trusted balancer's PROXY header named no client, each request
-/// carries `PeerOrigin::Unnamed`, and the intake then believes no forwarding
-/// header.
+/// The hyper service of one HTTP/2 connection: the handler with the
+/// connection's peer; when a trusted balancer's PROXY header named no
+/// client, each request carries `PeerOrigin::Unnamed`, and the intake then
+/// believes no forwarding header.
 fn service<H, F>(
     handler: H,
     peer: SocketAddr,
@@ -274,10 +325,11 @@ fn service<H, F>(
     Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
 > + Clone
 where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    service_fn(move |mut req: Request<Incoming>| {
+    service_fn(move |req: Request<Incoming>| {
+        let mut req = req.map(RequestBody::Http2);
         if origin == PeerOrigin::Unnamed {
             req.extensions_mut().insert(origin);
         }
@@ -305,26 +357,6 @@ impl Drop for OpenGauge<'_> {
             m.connections_open.dec();
         }
     }
-}
-
-/// The status of the answer hyper wrote itself before returning `e`, if it
-/// wrote one (a request it could not parse: hyper's `on_error` in its h1
-/// server role).
-fn hyper_answer(e: &hyper::Error) -> Option<StatusCode> {
-    if !e.is_parse() || e.is_parse_version_h2() || e.is_parse_status() {
-        return None;
-    }
-    let text = e.to_string();
-    if text.contains("internal error") {
-        return None;
-    }
-    if text.contains("URI too long") {
-        return Some(StatusCode::URI_TOO_LONG);
-    }
-    if e.is_parse_too_large() {
-        return Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-    }
-    Some(StatusCode::BAD_REQUEST)
 }
 
 #[cfg(test)]

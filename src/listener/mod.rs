@@ -1,29 +1,36 @@
-//! Listener: accepts TCP connections and serves HTTP/1.1 on them, and with
-//! `[http.tls]` TLS with HTTP/2 for the clients that choose it
-//! ([`connection`]).
+//! Listener: accepts TCP connections and serves HTTP/1.1 on them (our own
+//! driver, [`http1`]), and with `[http.tls]` TLS with HTTP/2 (hyper) for the
+//! clients that choose it ([`connection`]). Handlers get one body type for
+//! both, [`RequestBody`].
 //!
 //! Owns sockets and connection lifetimes: the accept loop (with a backoff
-//! when `accept` fails), per-connection hyper settings (keep-alive, header
-//! read timeout, buffer size, header count), the write timeout, connection
-//! metrics, the answers hyper writes itself (counted), and shutdown (stop
-//! accepting, let in-flight requests finish for the grace period, then end
-//! every connection task that is left). Used for both the beacon and the
-//! admin listener; what a request means is the handler's business.
+//! when `accept` fails), per-connection HTTP/1 settings (keep-alive, header
+//! read timeout, head size, header count), the write timeout, connection
+//! metrics, the answers the listener writes itself to heads it refuses
+//! (400, 414, 431: counted under the route `none`), and shutdown (stop
+//! accepting, tell every connection through a watch channel: idle ones close
+//! at once, busy ones finish their request, HTTP/2 ones get a GOAWAY; after
+//! the grace period end every connection task that is left). Used for both
+//! the beacon and the admin listener; what a request means is the handler's
+//! business.
 //!
 //! The beacon listener adds [`EdgeSettings`]: at most `http.max_connections`
 //! open connections (one more is closed at once, before anything is allocated
 //! for it), and the PROXY protocol rule ([`crate::proxy_protocol`]), applied
-//! before hyper sees a byte; the handler then gets the PROXY header's client
+//! before HTTP sees a byte; the handler then gets the PROXY header's client
 //! as the peer (or, when a trusted balancer's header named none, the balancer,
 //! with a [`crate::proxy_protocol::PeerOrigin::Unnamed`] request extension).
 //!
-//! Pipelining: hyper serves one request of a connection at a time and parses
-//! the next only once the previous response is written to the socket; the
-//! requests a client sends ahead wait in the kernel's receive buffer and in
-//! hyper's read buffer (`max_buf_size` bytes at most). A client that does not
-//! read its responses therefore gets at most what the socket buffers hold
-//! answered, then the response write stops making progress and
+//! Pipelining: a connection's requests are served one at a time, and the
+//! next is parsed only once the previous response is written to the socket;
+//! the requests a client sends ahead wait in the kernel's receive buffer and
+//! in the connection's read buffer (`max_buf_size` bytes at most). A client
+//! that does not read its responses therefore gets at most what the socket
+//! buffers hold answered, then the response write stops making progress and
 //! [`ConnectionSettings::write_timeout`] closes the connection.
+//!
+//! Memory: an idle HTTP/1 keep-alive connection on plain TCP holds no read
+//! or write buffer (see [`http1`]).
 //!
 //! Must never: stop accepting because one connection or one `accept` failed,
 //! let a connection task outlive [`serve`] (nothing runs a handler after the
@@ -40,20 +47,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioTimer;
-use hyper_util::server::graceful::GracefulShutdown;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 mod connection;
+pub mod http1;
+mod request_body;
 mod write_timeout;
 
 use connection::ConnectionContext;
 pub use connection::{H2Close, HandshakeFailure};
+pub use request_body::{RequestBody, RequestBodyError};
 
 use crate::config::{Config, H2Config};
 use crate::metrics::{CounterSet, LabelSet, Metrics, RouteCounters};
@@ -159,8 +165,8 @@ impl LabelSet for AcceptFailure {
     }
 }
 
-/// The route label of answers hyper writes itself (the request was never
-/// parsed far enough to have a route).
+/// The route label of the answers the listener writes itself (the request
+/// was never parsed far enough to have a route).
 pub const UNPARSED_ROUTE: &str = "none";
 
 /// The listener's own counters (the beacon listener's; the admin listener
@@ -200,8 +206,8 @@ impl ListenerCounters {
     }
 }
 
-/// hyper's own header count limit; kept on the stack when unchanged.
-const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+/// The header count limit when none is set (hyper's).
+const DEFAULT_MAX_HEADERS: usize = 100;
 
 /// The first wait after a failed `accept`, doubled per failure up to
 /// [`ACCEPT_BACKOFF_MAX`], back to this after a success.
@@ -214,7 +220,8 @@ pub struct ConnectionSettings {
     /// Time allowed for a request's headers to arrive; also ends idle
     /// keep-alive connections.
     pub header_read_timeout: Duration,
-    /// hyper's read buffer, which bounds the request line plus headers.
+    /// The read buffer's limit, which bounds the request line plus headers
+    /// (at least 8192, as hyper had it).
     pub max_buf_size: usize,
     /// How long a write (or flush) may stay pending without the socket
     /// taking a byte before the connection is closed.
@@ -230,7 +237,7 @@ pub struct ConnectionSettings {
 pub struct EdgeSettings {
     /// Open connections at most; `None`: no limit.
     pub max_connections: Option<usize>,
-    /// Header lines per request at most (431 beyond); `None`: hyper's 100.
+    /// Header lines per request at most (431 beyond); `None`: 100.
     pub max_headers: Option<usize>,
     /// `Some(trusted proxies)` when the PROXY protocol is on.
     pub proxy_protocol: Option<Arc<[IpNet]>>,
@@ -293,7 +300,7 @@ pub async fn serve<H, F>(
     metrics: Option<Arc<Metrics>>,
     shutdown: impl Future<Output = ()>,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     serve_with_edge(
@@ -361,19 +368,17 @@ pub async fn serve_with_edge<H, F>(
     metrics: Option<Arc<Metrics>>,
     shutdown: impl Future<Output = ()>,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    let mut h1 = http1::Builder::new();
     let max_buf_size = settings.max_buf_size.max(8192);
-    h1.timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(max_buf_size);
-    if let Some(n) = edge.max_headers.filter(|n| *n != HYPER_DEFAULT_MAX_HEADERS) {
-        // Moves hyper's header array from the stack to the heap: only when asked.
-        h1.max_headers(n);
-    }
+    let h1 = http1::conn::Http1Settings {
+        limits: http1::head::HeadLimits {
+            max_headers: edge.max_headers.unwrap_or(DEFAULT_MAX_HEADERS),
+            max_head_bytes: max_buf_size,
+        },
+        header_timeout: settings.header_read_timeout,
+    };
     let slots = edge.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     let counters = metrics.as_deref().map(ListenerCounters::new);
     let h2 = edge.tls.as_ref().map(|_| {
@@ -393,7 +398,8 @@ pub async fn serve_with_edge<H, F>(
         metrics: metrics.clone(),
         counters: counters.clone(),
     });
-    let graceful = GracefulShutdown::new();
+    // Turns true at shutdown: idle connections close, busy ones finish.
+    let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut backoff = AcceptBackoff::new();
     tokio::pin!(shutdown);
@@ -445,15 +451,17 @@ pub async fn serve_with_edge<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let watcher = graceful.watcher();
+        let stopped = stopped.clone();
         let context = Arc::clone(&context);
         tasks.spawn(async move {
             let _slot = slot;
-            context.serve(stream, peer, handler, watcher).await;
+            context.serve(stream, peer, handler, stopped).await;
         });
     }
     drop(listener);
-    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
+    stop.send_replace(true);
+    let finished = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(settings.shutdown_grace, finished)
         .await
         .is_err()
     {

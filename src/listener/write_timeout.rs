@@ -1,7 +1,7 @@
 //! The write timeout: a stream wrapper that fails a write, flush or
 //! shutdown that has stayed pending (the socket taking no byte) for longer
-//! than `http.write_timeout_ms`. hyper has no write timeout of its own; this
-//! bounds how long a client that does not read its responses keeps a
+//! than `http.write_timeout_ms`. Neither hyper nor our HTTP/1 driver has a
+//! write timeout of its own; this bounds how long a client that does not read its responses keeps a
 //! connection (and its slot).
 
 use std::future::Future;
@@ -12,17 +12,23 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Whether hyper ended the connection because [`WriteTimeout`] failed a write.
+/// Whether hyper ended an (HTTP/2) connection because [`WriteTimeout`]
+/// failed a write.
 pub(super) fn is_write_timeout(e: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<io::Error>() {
-            return io.kind() == io::ErrorKind::TimedOut
-                && io.get_ref().is_some_and(|inner| inner.is::<WriteStalled>());
+            return is_write_timeout_io(io);
         }
         source = s.source();
     }
     false
+}
+
+/// Whether `e` is [`WriteTimeout`]'s failure of a stalled write.
+pub(super) fn is_write_timeout_io(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::TimedOut
+        && e.get_ref().is_some_and(|inner| inner.is::<WriteStalled>())
 }
 
 /// The error a stalled write ends with.
@@ -47,6 +53,11 @@ impl<S> WriteTimeout<S> {
             timeout,
             deadline: None,
         }
+    }
+
+    /// The wrapped stream.
+    pub(super) fn get_ref(&self) -> &S {
+        &self.inner
     }
 
     /// After a write-side poll: `Pending` arms the deadline (or fails once
