@@ -1,12 +1,18 @@
 //! The chunked transfer coding (RFC 9112 section 7.1), decoded step by step
-//! from whatever bytes have arrived: size lines (with extensions, parsed by
-//! `httparse::parse_chunk_size`), data, the CRLF after each chunk, and the
-//! trailer section after the last one (skipped: nothing here reads
-//! trailers).
+//! from whatever bytes have arrived: size lines (with extensions), data, the
+//! CRLF after each chunk, and the trailer section after the last one
+//! (skipped: nothing here reads trailers).
+//!
+//! Size lines are parsed strictly, as hyper did, since a looser reading
+//! than a front end's is a request-smuggling gap: at least one hex digit,
+//! optional whitespace, extensions with no control character but HTAB, and
+//! CRLF (`httparse::parse_chunk_size` takes an empty size as 0 and a bare LF
+//! in an extension).
 //!
 //! Bounds: a size line (extensions included) of at most [`MAX_LINE_BYTES`],
-//! a trailer section of at most [`MAX_TRAILER_BYTES`]; data is handed out
-//! as it arrives, never gathered, so the decoder needs no buffer of its own.
+//! extensions of at most [`MAX_EXTENSION_BYTES`] over a whole body, a
+//! trailer section of at most [`MAX_TRAILER_BYTES`]; data is handed out as
+//! it arrives, never gathered, so the decoder needs no buffer of its own.
 //!
 //! Pure: no I/O; the fuzz target `http1_chunked` feeds it arbitrary bytes
 //! cut at arbitrary places.
@@ -18,6 +24,9 @@
 pub const MAX_LINE_BYTES: usize = 4096;
 /// The longest trailer section accepted, its final CRLF included.
 pub const MAX_TRAILER_BYTES: usize = 16 * 1024;
+/// Chunk extension bytes accepted over one body (framing is not data, and
+/// `max_body_bytes` counts data only).
+pub const MAX_EXTENSION_BYTES: usize = 16 * 1024;
 
 /// Why a chunked body is malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +39,8 @@ pub enum ChunkedError {
     DataEnd,
     #[error("invalid or oversized trailer section")]
     Trailers,
+    #[error("chunk extensions over the limit for one body")]
+    Extensions,
 }
 
 /// What one [`ChunkedDecoder::step`] found at the start of the input.
@@ -65,6 +76,8 @@ enum State {
 #[derive(Debug, Clone)]
 pub struct ChunkedDecoder {
     state: State,
+    /// Extension bytes seen so far in this body.
+    extension_bytes: usize,
 }
 
 impl Default for ChunkedDecoder {
@@ -75,7 +88,10 @@ impl Default for ChunkedDecoder {
 
 impl ChunkedDecoder {
     pub fn new() -> Self {
-        Self { state: State::Size }
+        Self {
+            state: State::Size,
+            extension_bytes: 0,
+        }
     }
 
     /// Whether the last chunk and the trailer section have been read.
@@ -88,23 +104,20 @@ impl ChunkedDecoder {
     pub fn step(&mut self, input: &[u8]) -> Result<Step, ChunkedError> {
         match self.state {
             State::Done => Ok(Step::Done(0)),
-            State::Size => match httparse::parse_chunk_size(input) {
-                Ok(httparse::Status::Complete((n, size))) => {
-                    if n > MAX_LINE_BYTES {
-                        return Err(ChunkedError::LineTooLong);
+            State::Size => match size_line(input)? {
+                Some(line) => {
+                    self.extension_bytes += line.extension_bytes;
+                    if self.extension_bytes > MAX_EXTENSION_BYTES {
+                        return Err(ChunkedError::Extensions);
                     }
-                    self.state = if size == 0 {
+                    self.state = if line.size == 0 {
                         State::Trailers { seen: 0 }
                     } else {
-                        State::Data(size)
+                        State::Data(line.size)
                     };
-                    Ok(Step::Framing(n))
+                    Ok(Step::Framing(line.len))
                 }
-                Ok(httparse::Status::Partial) if input.len() >= MAX_LINE_BYTES => {
-                    Err(ChunkedError::LineTooLong)
-                }
-                Ok(httparse::Status::Partial) => Ok(Step::NeedMore),
-                Err(_) => Err(ChunkedError::Size),
+                None => Ok(Step::NeedMore),
             },
             State::Data(left) => {
                 if input.is_empty() {
@@ -152,6 +165,79 @@ impl ChunkedDecoder {
                 Ok(Step::Framing(line))
             }
         }
+    }
+}
+
+/// A complete chunk size line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SizeLine {
+    size: u64,
+    /// Its length, CRLF included.
+    len: usize,
+    /// The bytes from the first `;` to the CR.
+    extension_bytes: usize,
+}
+
+/// `1*HEXDIG *(SP / HTAB) [";" extension] CRLF` at the start of `input`;
+/// `None` while the line is incomplete (and within [`MAX_LINE_BYTES`]). The
+/// extension may hold any byte but a control character other than HTAB;
+/// its syntax is not checked further (nothing here reads extensions).
+fn size_line(input: &[u8]) -> Result<Option<SizeLine>, ChunkedError> {
+    let window = &input[..input.len().min(MAX_LINE_BYTES)];
+    let mut size: u64 = 0;
+    let mut digits = 0;
+    let mut at = 0;
+    while let Some(&c) = window.get(at) {
+        let Some(d) = (c as char).to_digit(16) else {
+            break;
+        };
+        size = size
+            .checked_mul(16)
+            .and_then(|s| s.checked_add(u64::from(d)))
+            .ok_or(ChunkedError::Size)?;
+        digits += 1;
+        at += 1;
+    }
+    if at == window.len() {
+        return incomplete(input);
+    }
+    if digits == 0 {
+        return Err(ChunkedError::Size);
+    }
+    while matches!(window.get(at), Some(b' ' | b'\t')) {
+        at += 1;
+    }
+    let mut extension_bytes = 0;
+    if window.get(at) == Some(&b';') {
+        let start = at;
+        while let Some(&c) = window.get(at) {
+            if c == b'\r' {
+                break;
+            }
+            if (c < 0x20 && c != b'\t') || c == 0x7f {
+                return Err(ChunkedError::Size);
+            }
+            at += 1;
+        }
+        extension_bytes = at - start;
+    }
+    match (window.get(at), window.get(at + 1)) {
+        (Some(b'\r'), Some(b'\n')) => Ok(Some(SizeLine {
+            size,
+            len: at + 2,
+            extension_bytes,
+        })),
+        (None, _) | (Some(b'\r'), None) => incomplete(input),
+        _ => Err(ChunkedError::Size),
+    }
+}
+
+/// An unfinished size line: wait for more, unless it is already too long.
+fn incomplete(input: &[u8]) -> Result<Option<SizeLine>, ChunkedError> {
+    if input.len() >= MAX_LINE_BYTES {
+        Err(ChunkedError::LineTooLong)
+    } else {
+        Ok(None)
     }
 }
 
@@ -225,6 +311,29 @@ mod tests {
             decode_all(endless.as_bytes()),
             Err(ChunkedError::LineTooLong)
         );
+        // What httparse's parse_chunk_size lets through and hyper refused:
+        // no size digit (read as the last chunk), a bare LF or a NUL in an
+        // extension.
+        for body in [
+            &b"\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n"[..],
+            b" \r\n\r\n",
+            b";x\r\n\r\n",
+            b"5;a\nXXXXX\r\nhello\r\n0\r\n\r\n",
+            b"5;a\0b\r\nhello\r\n0\r\n\r\n",
+            b"5\n",
+            b"5\rx",
+            b"5 x\r\n",
+        ] {
+            assert_eq!(decode_all(body), Err(ChunkedError::Size), "{body:?}");
+        }
+        // Whitespace after the size, HTAB in an extension, uppercase hex.
+        let (data, _) =
+            decode_all(b"5 \t;a=\"b\tc\"\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\n").unwrap();
+        assert_eq!(data, b"hello0123456789");
+        // Extensions add up over a body.
+        let line = format!("1;{}\r\nA\r\n", "e".repeat(1000));
+        let many = format!("{}0\r\n\r\n", line.repeat(MAX_EXTENSION_BYTES / 1000 + 1));
+        assert_eq!(decode_all(many.as_bytes()), Err(ChunkedError::Extensions));
         let trailers = format!("0\r\nX: {}\r\n\r\n", "t".repeat(MAX_TRAILER_BYTES));
         assert_eq!(decode_all(trailers.as_bytes()), Err(ChunkedError::Trailers));
     }

@@ -179,7 +179,8 @@ fn parse_with<'b>(
                 keep_alive = true;
             }
         } else if name == EXPECT {
-            expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+            // RFC 9110 10.1.1: ignored from an HTTP/1.0 client.
+            expect_continue = is_11 && h.value.eq_ignore_ascii_case(b"100-continue");
         }
         headers.append(name, value);
     }
@@ -330,6 +331,7 @@ mod tests {
     fn expect_continue() {
         assert!(ok(b"POST / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n").expect_continue);
         assert!(!ok(b"POST / HTTP/1.1\r\nExpect: 200-ok\r\n\r\n").expect_continue);
+        assert!(!ok(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n").expect_continue);
     }
 
     #[test]
