@@ -124,12 +124,13 @@ where
         Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
         _ => Bytes::new(),
     };
-    let (body_finished, unread) = {
+    let (body_finished, unread, continue_rest) = {
         let mut s = lock(shared);
         let finished = s.body_finished();
+        let continue_rest = s.unfinished_continue();
         // Ends this request's body, should the handler have kept it.
         s.start_body(BodyState::Done, false);
-        (finished, !s.buf.is_empty())
+        (finished, !s.buf.is_empty(), continue_rest)
     };
     let after =
         if keep_alive && body_finished && !response::asks_to_close(&parts) && !*shutdown.borrow() {
@@ -139,6 +140,7 @@ where
         };
     let with_body = response::has_body(&method, parts.status);
     let mut out = Vec::with_capacity(256 + if with_body { data.len() } else { 0 });
+    out.extend_from_slice(continue_rest);
     response::encode_head(&mut out, &parts, version, &method, data.len(), after);
     if with_body {
         out.extend_from_slice(&data);

@@ -353,6 +353,16 @@ impl Shared {
         Poll::Ready(Ok(()))
     }
 
+    /// The rest of a `100 Continue` the client got only part of (its write
+    /// stalled, then the handler answered): written ahead of the response,
+    /// so the client never reads a cut interim response. Empty otherwise.
+    pub fn unfinished_continue(&self) -> &'static [u8] {
+        match self.continue_written {
+            Some(k) if k > 0 && k < CONTINUE.len() => &CONTINUE[k..],
+            _ => &[],
+        }
+    }
+
     /// After the handler: whether the body was read to its end. A
     /// `Content-Length` remainder already in the buffer is skipped; anything
     /// else unread means the connection closes after the response.
