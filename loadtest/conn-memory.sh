@@ -44,43 +44,17 @@ else
   SERVER_CPU=(); CLIENT_CPU=()
 fi
 
-pids=()
-started_broker=""
-cleanup() {
-  set +e
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null
-  done
-  if [ -n "$started_broker" ]; then BEACOND_BROKER_PORT=$BROKER_PORT scripts/dev-broker stop; fi
-}
-trap cleanup EXIT
-wait_http() { # port path
-  for _ in $(seq 1 150); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1$2" || true)
-    case "$code" in 2*) return 0 ;; esac
-    sleep 0.2
-  done
-  log "nothing answers on 127.0.0.1:$1$2"; return 1
-}
+# shellcheck source=loadtest/lib.sh
+. "$root/loadtest/lib.sh"
 
-if ! command -v nginx >/dev/null; then
-  log "installing nginx-light"
-  apt-get install -y nginx-light >/dev/null || { apt-get update >/dev/null && apt-get install -y nginx-light >/dev/null; }
-fi
+need_nginx
 if [ "${SKIP_BUILD:-}" != 1 ]; then
   log "building the release beacond"
   cargo build --release -p beacond
 fi
 BEACOND=${BEACOND:-$root/target/release/beacond}
 
-if BEACOND_BROKER_PORT=$BROKER_PORT scripts/dev-broker status; then
-  log "using the broker already on port $BROKER_PORT"
-else
-  started_broker=1
-fi
-BROKERS=$(BEACOND_BROKER_PORT=$BROKER_PORT scripts/dev-broker start)
+dev_broker
 TOPIC=conn-memory-$(date +%s)
 BEACOND_BROKER_PORT=$BROKER_PORT scripts/dev-broker create-topic "$TOPIC" 3 >/dev/null
 

@@ -29,16 +29,8 @@ mkdir -p "$OUT"
 log() { printf 'scenario: %s\n' "$*" >&2; }
 if [ "$(nproc)" -ge 2 ]; then SERVER_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1); else SERVER_CPU=(); LOAD_CPU=(); fi
 
-pids=()
-cleanup() {
-  set +e
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null
-  done
-}
-trap cleanup EXIT
+# shellcheck source=loadtest/lib.sh
+. "$root/loadtest/lib.sh"
 
 if [ "${SKIP_BUILD:-}" != 1 ]; then cargo build --release -p loadtest -p beacond; fi
 LOADTEST=${LOADTEST:-$root/target/release/loadtest}

@@ -75,20 +75,25 @@ fn per_call(mut f: impl FnMut()) -> (f64, f64) {
     for _ in 0..1_000 {
         f();
     }
-    let (a0, b0) = (
-        ALLOCATIONS.load(Ordering::Relaxed),
-        BYTES.load(Ordering::Relaxed),
-    );
-    for _ in 0..ROUNDS {
+    counted(ROUNDS, f)
+}
+
+/// Allocations and bytes per call over `calls` calls of `f`.
+fn counted(calls: u64, mut f: impl FnMut()) -> (f64, f64) {
+    let now = || {
+        (
+            ALLOCATIONS.load(Ordering::Relaxed),
+            BYTES.load(Ordering::Relaxed),
+        )
+    };
+    let (a0, b0) = now();
+    for _ in 0..calls {
         f();
     }
-    let (a1, b1) = (
-        ALLOCATIONS.load(Ordering::Relaxed),
-        BYTES.load(Ordering::Relaxed),
-    );
+    let (a1, b1) = now();
     (
-        (a1 - a0) as f64 / ROUNDS as f64,
-        (b1 - b0) as f64 / ROUNDS as f64,
+        (a1 - a0) as f64 / calls as f64,
+        (b1 - b0) as f64 / calls as f64,
     )
 }
 
@@ -188,35 +193,20 @@ fn counted_handler(
     request: impl Fn() -> Request<Full<Bytes>>,
     want: StatusCode,
 ) -> (f64, f64) {
-    let mut total = (0.0, 0.0);
-    // Built ahead in batches, so that only the handler is counted.
+    // Built ahead in batches, so that only the handler is counted; ten
+    // batches warm up, the figure is the last one's.
+    let batch = ROUNDS / 10;
+    let mut figure = (0.0, 0.0);
     for _ in 0..11 {
-        let batch: Vec<_> = (0..ROUNDS / 10).map(|_| request()).collect();
-        let mut batch = batch.into_iter();
-        let (n, bytes) = per_call_limited(ROUNDS / 10, || {
-            let req = batch.next().expect("one request per call");
+        let mut requests = (0..batch)
+            .map(|_| request())
+            .collect::<Vec<_>>()
+            .into_iter();
+        figure = counted(batch, || {
+            let req = requests.next().expect("one request per call");
             let response = runtime.block_on(intake.handle(req, peer));
             assert_eq!(response.status(), want);
         });
-        total = (n, bytes); // the last batch: the first ten warm up
     }
-    total
-}
-
-fn per_call_limited(calls: u64, mut f: impl FnMut()) -> (f64, f64) {
-    let (a0, b0) = (
-        ALLOCATIONS.load(Ordering::Relaxed),
-        BYTES.load(Ordering::Relaxed),
-    );
-    for _ in 0..calls {
-        f();
-    }
-    let (a1, b1) = (
-        ALLOCATIONS.load(Ordering::Relaxed),
-        BYTES.load(Ordering::Relaxed),
-    );
-    (
-        (a1 - a0) as f64 / calls as f64,
-        (b1 - b0) as f64 / calls as f64,
-    )
+    figure
 }

@@ -120,21 +120,6 @@ fn rss_kib(svc: &ChildBeacond) -> u64 {
         .unwrap_or(0)
 }
 
-/// Whether the server closes `s` (EOF or reset) within `within`.
-async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 1024];
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, s.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            // A response (e.g. 408) before the close: keep reading.
-            Ok(Ok(_)) => continue,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a broker"]
 async fn flooding_client_is_limited_while_a_polite_client_is_delivered() {

@@ -22,21 +22,6 @@ fn config_without_broker() -> Config {
 
 const BEACON: &str = "/beacon/event?%7B%22a%22%3A1%7D;";
 
-/// Whether the server closes `s` (EOF or reset) within `within`, reading
-/// and dropping whatever comes before.
-async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 1024];
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, s.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => {}
-        }
-    }
-}
-
 /// Writes `raw` and reads one response.
 async fn exchange(s: &mut TcpStream, raw: &[u8]) -> HttpResponse {
     s.write_all(raw).await.expect("write");

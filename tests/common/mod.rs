@@ -195,6 +195,21 @@ pub async fn raw_request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<HttpRe
     read_response(&mut s).await
 }
 
+/// Whether the server closes `s` (EOF or reset) within `within`, reading
+/// and dropping whatever comes before (a response such as a 408).
+pub async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
 /// Reads one response (headers, then a Content-Length body) from a stream.
 pub async fn read_response(s: &mut TcpStream) -> std::io::Result<HttpResponse> {
     let mut buf = Vec::new();
