@@ -108,18 +108,6 @@ async fn pipelined(
     statuses
 }
 
-/// VmRSS of the beacond child `svc` (its memory alone: no test client, no
-/// other test of this binary shares the process), in KiB.
-fn rss_kib(svc: &ChildBeacond) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", svc.pid())).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a broker"]
 async fn flooding_client_is_limited_while_a_polite_client_is_delivered() {
@@ -337,7 +325,7 @@ async fn distinct_address_flood_keeps_key_count_and_memory_bounded() {
         )
         .await;
     }
-    let rss_before = rss_kib(&svc);
+    let rss_before = svc.rss_kib();
 
     let max_keys_seen = Arc::new(AtomicUsize::new(0));
     let sampler = {
@@ -387,7 +375,7 @@ async fn distinct_address_flood_keeps_key_count_and_memory_bounded() {
     }
     let flood_secs = started.elapsed().as_secs_f64();
     let during = svc.metrics().await;
-    let rss_flood = rss_kib(&svc);
+    let rss_flood = svc.rss_kib();
     // Eviction runs every second; states replenish after 1 s: poll until
     // the housekeeping task has emptied the keyed state.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -399,7 +387,7 @@ async fn distinct_address_flood_keeps_key_count_and_memory_bounded() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     sampler.abort();
-    let rss_after = rss_kib(&svc);
+    let rss_after = svc.rss_kib();
     let peak = max_keys_seen.load(Ordering::Relaxed);
     eprintln!(
         "{ADDRESSES} addresses in {flood_secs:.1} s: 204 {} / 429 {}; keys peak {peak}, \
@@ -520,7 +508,7 @@ async fn connections_beyond_max_connections_are_closed_without_growing_memory() 
         );
         held.push(c);
     }
-    let rss_before = rss_kib(&svc);
+    let rss_before = svc.rss_kib();
     // Two thousand more: each is accepted and closed at once.
     const EXTRA: usize = 2000;
     let mut refused = 0;
@@ -549,7 +537,7 @@ async fn connections_beyond_max_connections_are_closed_without_growing_memory() 
         );
     }
     assert_eq!(refused, EXTRA);
-    let rss_after = rss_kib(&svc);
+    let rss_after = svc.rss_kib();
     let m = svc.metrics().await;
     assert_eq!(
         m.get("beacond_connections_rejected_total{reason=\"max_connections\"}") as usize,

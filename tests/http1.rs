@@ -295,17 +295,6 @@ async fn expect_100_continue_is_answered_when_the_body_is_read() {
     svc.stop().await;
 }
 
-/// VmRSS of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Issue 10: an idle keep-alive connection holds no read or write buffer.
 /// 2,000 connections, each after one beacon, cost the beacond child well
 /// under hyper's ~12 KB each (nginx: ~0.5 KB).
@@ -335,13 +324,13 @@ async fn idle_keep_alive_connections_hold_little_memory() {
     }
     drop(warm);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = rss_kib(svc.pid());
+    let before = svc.rss_kib();
     let mut held = Vec::with_capacity(CONNECTIONS);
     for _ in 0..CONNECTIONS {
         held.push(connect_one().await);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = rss_kib(svc.pid());
+    let after = svc.rss_kib();
     assert_eq!(
         svc.metric("beacond_connections_open").await as usize,
         CONNECTIONS

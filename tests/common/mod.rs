@@ -562,6 +562,19 @@ impl ChildBeacond {
         self.child.id()
     }
 
+    /// The child's VmRSS (its memory alone: no test client shares the
+    /// process), in KiB; 0 once it has exited.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// `kill <sig>` (e.g. `-HUP`).
     pub fn signal(&self, sig: &str) {
         let status = std::process::Command::new("kill")
